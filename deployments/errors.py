@@ -1,0 +1,112 @@
+"""One exception hierarchy and one status table for every route.
+
+TEI-style routes (`/rerank`, `/score`) answer `{"error", "error_type"}`; Cohere/Jina routes
+(`/v1/rerank`, `/v2/rerank`) answer `{"message"}` because Cohere's SDK reads that key. Both bodies
+come from `error_body`, so there is one error path.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class RerankerError(Exception):
+    """Base class: a message that is safe to show to the client, plus its HTTP mapping."""
+
+    status_code = 500
+    error_type = "internal"
+    # Closed set of reasons for the failures metric.
+    reason = "internal"
+
+    def __init__(self, message: str, *, retry_after_s: Optional[float] = None):
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class EmptyInputError(RerankerError):
+    status_code = 400
+    error_type = "empty"
+    reason = "empty"
+
+
+class UnauthenticatedError(RerankerError):
+    status_code = 401
+    error_type = "unauthenticated"
+    reason = "unauthenticated"
+
+
+class PayloadTooLargeError(RerankerError):
+    status_code = 413
+    error_type = "payload_too_large"
+    reason = "too_large"
+
+
+class ValidationError(RerankerError):
+    status_code = 422
+    error_type = "validation"
+    reason = "validation"
+
+
+class OverloadedError(RerankerError):
+    status_code = 429
+    error_type = "overloaded"
+    reason = "overloaded"
+
+
+class NotReadyError(RerankerError):
+    status_code = 503
+    error_type = "unhealthy"
+    reason = "not_ready"
+
+
+class ScorerUnavailableError(RerankerError):
+    status_code = 503
+    error_type = "unhealthy"
+    reason = "scorer_unavailable"
+
+
+class DeadlineExceededError(RerankerError):
+    status_code = 504
+    error_type = "deadline"
+    reason = "deadline"
+
+
+class ModelLoadError(RerankerError):
+    """The model or tokenizer cannot be loaded; raised at start-up, never per request."""
+
+    status_code = 503
+    error_type = "unhealthy"
+    reason = "not_ready"
+
+
+class SettingsError(ValueError):
+    """A setting has an invalid value; raised at start-up with the setting's name."""
+
+
+FAILURE_REASONS = (
+    "empty",
+    "unauthenticated",
+    "too_large",
+    "validation",
+    "overloaded",
+    "not_ready",
+    "deadline",
+    "scorer_unavailable",
+    "internal",
+)
+
+INTERNAL_ERROR_MESSAGE = "Internal server error. The request id identifies it in the server logs."
+
+
+def error_body(exc: RerankerError, family: str) -> dict:
+    """The JSON body for an error on a route family: 'tei' or 'cohere'."""
+    if family == "cohere":
+        return {"message": exc.message}
+    return {"error": exc.message, "error_type": exc.error_type}
+
+
+def error_headers(exc: RerankerError) -> dict:
+    if exc.retry_after_s is None:
+        return {}
+    return {"Retry-After": str(max(1, int(round(exc.retry_after_s))))}

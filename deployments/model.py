@@ -1,0 +1,180 @@
+"""The scoring core: loads the cross-encoder once and scores encoded pairs. Usable without Ray.
+
+Only the scorer process imports this module (it imports torch).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+
+from deployments.batching import collate, plan_batches
+from deployments.errors import ModelLoadError, SettingsError
+from deployments.relevance import check_architecture, relevance_from_logits, relevance_head
+from deployments.settings import BatchSettings, RerankerSettings
+from deployments.tokenization import EncodedPairs, describe_load_failure, read_model_config, resolve_max_length
+
+logger = logging.getLogger("ray.serve")
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class BatchStats:
+    """What one forward pass cost: pairs, real tokens, padded tokens, seconds."""
+
+    pairs: int
+    real_tokens: int
+    padded_tokens: int
+    seconds: float
+
+
+@dataclass
+class PairScores:
+    """Per-pair scores in the caller's pair order, and the forward batches that made them."""
+
+    raw: np.ndarray
+    normalized: np.ndarray
+    batches: list[BatchStats] = field(default_factory=list)
+
+
+def resolve_device(setting: str) -> str:
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise SettingsError("device is 'cuda' but CUDA is not available on this replica")
+    return setting
+
+
+def resolve_dtype(setting: str, device: str) -> torch.dtype:
+    if setting == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    if device == "cpu" and setting != "float32":
+        raise SettingsError(f"dtype {setting} is for GPU; the CPU path is float32 (bf16 without native support is ~5x slower)")
+    return DTYPES[setting]
+
+
+class TorchBackend:
+    """Forward pass through the transformers model (SDPA attention, inference mode)."""
+
+    name = "torch"
+
+    def __init__(self, model_id: str, revision: Optional[str], device: str, dtype: torch.dtype):
+        from transformers import AutoModelForSequenceClassification
+
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                model_id, revision=revision, attn_implementation="sdpa", dtype=dtype
+            )
+        except Exception as exc:
+            raise ModelLoadError(describe_load_failure(model_id, revision, exc)) from exc
+        self.model = model.eval().to(device)
+        self.device = device
+        self.dtype = dtype
+        self.pad_token_id = getattr(model.config, "pad_token_id", None) or 0
+        self.accepts_token_type_ids = "token_type_ids" in self.model.forward.__code__.co_varnames
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(array).long()
+        if self.device == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
+    @torch.inference_mode()
+    def forward_logits(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+        inputs = {"input_ids": self._tensor(input_ids), "attention_mask": self._tensor(attention_mask)}
+        if self.accepts_token_type_ids:
+            inputs["token_type_ids"] = self._tensor(token_type_ids)
+        return self.model(**inputs).logits.float().cpu().numpy()
+
+
+def build_backend(settings: RerankerSettings, device: str, dtype: torch.dtype):
+    name = settings.backend
+    if name == "auto":
+        name = "torch"
+    if name == "torch":
+        return TorchBackend(settings.model, settings.revision, device, dtype)
+    if device != "cpu":
+        raise SettingsError(f"backend {name} runs on CPU only; use backend torch on GPU")
+    from deployments.onnx_backend import OnnxBackend
+
+    return OnnxBackend.load(settings, quantize=(name == "onnx-int8"))
+
+
+class ModelScorer:
+    """Loads the cross-encoder once (with a warm-up pass) and scores EncodedPairs in batches."""
+
+    def __init__(self, settings: RerankerSettings):
+        started = time.perf_counter()
+        self.settings = settings
+        config = read_model_config(settings.model, settings.revision)
+        check_architecture(config)
+        self.head = relevance_head(config, settings.relevant_label)
+        self.max_length = resolve_max_length(config, settings.max_length)
+        self.device = resolve_device(settings.device)
+        self.dtype = resolve_dtype(settings.dtype, self.device)
+        threads = settings.torch_threads or os.cpu_count() or 1
+        # Ray sets OMP_NUM_THREADS to the replica's num_cpus (min 1); set the pool explicitly.
+        torch.set_num_threads(threads)
+        self.pad_to_multiple_of = settings.pad_to_multiple_of or (8 if self.device == "cuda" else 1)
+        self.batching = settings.batch_settings()
+        self.backend = build_backend(settings, self.device, self.dtype)
+        self.warm_up()
+        self.load_seconds = time.perf_counter() - started
+        logger.info(
+            "Loaded %s on %s (%s, backend %s) in %.1f s",
+            settings.model, self.device, str(self.dtype).replace("torch.", ""), self.backend.name, self.load_seconds,
+        )
+
+    def reconfigure(self, batching: BatchSettings) -> None:
+        self.batching = batching
+
+    def warm_up(self) -> None:
+        """One tiny forward pass, so the first request does not pay for lazy initialization."""
+        self.forward_logits(np.array([[101, 102, 102]], np.int32), np.ones((1, 3), np.int32), np.zeros((1, 3), np.int32))
+
+    def forward_logits(self, input_ids, attention_mask, token_type_ids) -> np.ndarray:
+        return self.backend.forward_logits(input_ids, attention_mask, token_type_ids)
+
+    def score_pairs(self, pairs: EncodedPairs) -> PairScores:
+        """Scores every pair, in length-sorted batches under the token budget, in input order."""
+        raw = np.empty(pairs.num_pairs, np.float32)
+        normalized = np.empty(pairs.num_pairs, np.float32)
+        stats = []
+        plan = plan_batches(
+            pairs.lengths, self.batching.max_batch_tokens, self.batching.max_batch_size, self.pad_to_multiple_of
+        )
+        for indices in plan:
+            started = time.perf_counter()
+            input_ids, attention_mask, token_type_ids = collate(
+                pairs, indices, self.pad_to_multiple_of, self.backend.pad_token_id
+            )
+            logits = self.forward_logits(input_ids, attention_mask, token_type_ids)
+            raw[indices], normalized[indices] = relevance_from_logits(logits, self.head)
+            stats.append(
+                BatchStats(
+                    pairs=len(indices),
+                    real_tokens=int(pairs.lengths[indices].sum()),
+                    padded_tokens=int(input_ids.size),
+                    seconds=time.perf_counter() - started,
+                )
+            )
+        return PairScores(raw=raw, normalized=normalized, batches=stats)
+
+    def describe(self) -> dict:
+        return {
+            "device": self.device,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "backend": self.backend.name,
+            "max_length": self.max_length,
+            "num_labels": self.head.num_labels,
+            "score": self.head.describe(),
+            "load_seconds": round(self.load_seconds, 3),
+            "torch_threads": torch.get_num_threads(),
+        }

@@ -1,0 +1,113 @@
+"""Scorer deployment (GPU where present, CPU otherwise): batches pairs by padded tokens and scores them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from ray import serve
+
+from deployments.batching import max_by_doc, split_by_budget, unbatch
+from deployments.metrics import ScorerMetrics
+from deployments.settings import BatchSettings, RerankerSettings
+from deployments.tokenization import EncodedPairs
+
+logger = logging.getLogger("ray.serve")
+
+
+@dataclass
+class ScoreItem:
+    """One part of a request waiting in the Serve batch queue."""
+
+    pairs: EncodedPairs
+    enqueued_at: float
+
+
+@dataclass
+class DocScores:
+    """Per-document scores of one request part, in document order."""
+
+    raw: np.ndarray
+    normalized: np.ndarray
+    chunks_per_doc: np.ndarray
+    total_tokens: int
+    query_truncated: bool
+
+
+def batch_padded_tokens(items: list[ScoreItem]) -> int:
+    """Serve's batch_size_fn: the padded tokens of the items as one batch. Never raises.
+
+    An exception here would stall Ray's batcher (ray#66140), so any failure counts as 0.
+    """
+    try:
+        longest = max(int(item.pairs.lengths.max()) for item in items if item.pairs.num_pairs)
+        return longest * sum(item.pairs.num_pairs for item in items)
+    except Exception:  # noqa: BLE001 - must never raise, see docstring
+        return 0
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
+class Scorer:
+    """Scores encoded pairs with the cross-encoder; batch settings change live via user_config."""
+
+    def __init__(self, settings: RerankerSettings):
+        from deployments.model import ModelScorer
+
+        self.metrics = ScorerMetrics()
+        self.core = ModelScorer(settings)
+        self.metrics.model_load_seconds.set(self.core.load_seconds)
+        self.reconfigure(settings.batch_settings().model_dump())
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Applies max_batch_tokens, max_batch_size and batch_wait_timeout_s without a restart."""
+        batching = BatchSettings(**{**self.core.batching.model_dump(), **(user_config or {})})
+        self.core.reconfigure(batching)
+        self._score_batch.set_max_batch_size(batching.max_batch_tokens)
+        self._score_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        logger.info("Batch settings: %s", batching.model_dump())
+
+    async def score(self, pairs: EncodedPairs) -> DocScores:
+        """Scores every pair of a request part and reduces them to one score per document."""
+        now = time.perf_counter()
+        parts = split_by_budget(pairs, self.core.batching.max_batch_tokens) if pairs.num_pairs else []
+        results = await asyncio.gather(*(self._score_batch(ScoreItem(pairs.select(idx), now)) for idx in parts))
+        raw = np.empty(pairs.num_pairs, np.float32)
+        normalized = np.empty(pairs.num_pairs, np.float32)
+        for idx, (part_raw, part_normalized) in zip(parts, results):
+            raw[idx], normalized[idx] = part_raw, part_normalized
+        return DocScores(
+            raw=max_by_doc(pairs.doc_index, pairs.num_docs, raw),
+            normalized=max_by_doc(pairs.doc_index, pairs.num_docs, normalized),
+            chunks_per_doc=pairs.chunks_per_doc(),
+            total_tokens=pairs.total_tokens,
+            query_truncated=pairs.query_truncated,
+        )
+
+    @serve.batch(max_batch_size=4096, batch_wait_timeout_s=0.005, batch_size_fn=batch_padded_tokens)
+    async def _score_batch(self, items: list[ScoreItem]) -> list[tuple[np.ndarray, np.ndarray]]:
+        started = time.perf_counter()
+        for item in items:
+            self.metrics.stage_duration.observe(started - item.enqueued_at, tags={"stage": "queue_wait"})
+        merged = EncodedPairs.concat([item.pairs for item in items])
+        # The forward pass runs off the event loop so health checks and new arrivals are served.
+        scores = await asyncio.to_thread(self.core.score_pairs, merged)
+        self.metrics.stage_duration.observe(time.perf_counter() - started, tags={"stage": "inference"})
+        self.metrics.pairs_scored.inc(merged.num_pairs)
+        for batch in scores.batches:
+            self.metrics.batch_pairs.observe(batch.pairs)
+            self.metrics.batch_padded_tokens.observe(batch.padded_tokens)
+            self.metrics.padding_efficiency.observe(batch.real_tokens / max(batch.padded_tokens, 1))
+        counts = [item.pairs.num_pairs for item in items]
+        return list(zip(unbatch(scores.raw, counts), unbatch(scores.normalized, counts)))
+
+    def check_health(self) -> None:
+        """A tiny forward pass: a wedged device or a broken model fails the replica's health check."""
+        self.core.warm_up()
+
+    def describe(self) -> dict:
+        context = serve.get_replica_context()
+        return {"replica": context.replica_id.unique_id, **self.core.describe(), **self.core.batching.model_dump()}
+

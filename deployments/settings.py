@@ -1,0 +1,116 @@
+"""Typed settings with defaults, from the application's args and `RERANKER_*` environment variables."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from deployments.errors import SettingsError
+
+DEFAULT_MODEL = "amberoad/bert-multilingual-passage-reranking-msmarco"
+ENV_PREFIX = "RERANKER_"
+
+
+class BatchSettings(BaseModel):
+    """The scorer's batching knobs; `user_config` changes them live through `reconfigure()`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Padded tokens (longest pair x pairs) in one forward pass, and in one Serve batch window.
+    max_batch_tokens: int = Field(4096, ge=1)
+    # Pairs in one forward pass.
+    max_batch_size: int = Field(16, ge=1)
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
+
+
+class RerankerSettings(BatchSettings):
+    """Every setting of the service. Field docs are in README.md ("Configuration")."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    # Model
+    model: str = DEFAULT_MODEL
+    revision: Optional[str] = None
+    model_aliases: list[str] = Field(default_factory=list)
+    relevant_label: Optional[Union[int, str]] = None
+    max_length: Optional[int] = Field(None, ge=8)
+    max_query_tokens: int = Field(256, ge=1)
+
+    # Long passages
+    long_passage_mode: Literal["truncate", "chunk"] = "truncate"
+    max_chunks_per_doc: int = Field(10, ge=1, le=1000)
+    chunk_overlap_tokens: int = Field(32, ge=0)
+
+    # Scorer
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
+    torch_threads: Optional[int] = Field(None, ge=1)
+    pad_to_multiple_of: Optional[int] = Field(None, ge=1)
+    onnx_cache_dir: Optional[str] = None
+
+    # Ingress: limits are checked before any tokenization.
+    max_documents: int = Field(1000, ge=1)
+    max_document_chars: int = Field(50_000, ge=1)
+    max_query_chars: int = Field(4_000, ge=1)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    request_deadline_s: float = Field(30.0, gt=0)
+    log_text: bool = False
+
+    @field_validator("relevant_label")
+    @classmethod
+    def _label_not_blank(cls, value):
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("relevant_label must be a label index or a non-empty label name")
+        return value
+
+    def batch_settings(self) -> BatchSettings:
+        return BatchSettings(**{name: getattr(self, name) for name in BatchSettings.model_fields})
+
+
+def _env_value(raw: str):
+    """Parse an environment value: JSON where it parses (numbers, booleans, lists), else the string."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def load_settings(args: Optional[dict] = None, environ: Optional[dict] = None) -> RerankerSettings:
+    """Builds settings from application args, then `RERANKER_<FIELD>` environment overrides.
+
+    The environment wins, so `RERANKER_MODEL=/path serve run serve_config.yaml` serves a local model.
+    """
+    environ = os.environ if environ is None else environ
+    merged = {key: value for key, value in (args or {}).items() if value is not None}
+    for name in RerankerSettings.model_fields:
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None and raw != "":
+            merged[name] = raw if name in ("model", "revision") else _env_value(raw)
+    try:
+        return RerankerSettings(**merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+        )
+        raise SettingsError(f"Invalid reranker settings: {problems}") from None
+
+
+def load_api_keys(environ: Optional[dict] = None) -> list[str]:
+    """API keys from `RERANKER_API_KEYS`: comma-separated keys, or the path of a file with one per line."""
+    environ = os.environ if environ is None else environ
+    raw = (environ.get("RERANKER_API_KEYS") or "").strip()
+    if not raw:
+        return []
+    if os.path.isfile(raw):
+        with open(raw, encoding="utf-8") as handle:
+            candidates = handle.read().splitlines()
+    else:
+        candidates = raw.split(",")
+    keys = [key.strip() for key in candidates if key.strip() and not key.strip().startswith("#")]
+    if not keys:
+        raise SettingsError("RERANKER_API_KEYS is set but holds no key")
+    return keys

@@ -1,0 +1,67 @@
+"""Tokenizer deployment (CPU): turns queries and passages into numpy int32 pair arrays.
+
+Never imports torch (see deployments/tokenization.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ray import serve
+
+from deployments.metrics import TokenizerMetrics
+from deployments.relevance import check_architecture
+from deployments.settings import RerankerSettings
+from deployments.tokenization import EncodedPairs, PairEncoder, PairRequest, load_tokenizer, read_model_config, resolve_max_length
+
+logger = logging.getLogger("ray.serve")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
+class Tokenizer:
+    """Encodes requests in batches: one tokenizer call for all queries and passages in the batch."""
+
+    def __init__(self, settings: RerankerSettings):
+        config = read_model_config(settings.model, settings.revision)
+        check_architecture(config)
+        self.max_length = resolve_max_length(config, settings.max_length)
+        self.encoder = PairEncoder(
+            load_tokenizer(settings.model, settings.revision),
+            self.max_length,
+            settings.max_query_tokens,
+            settings.chunk_overlap_tokens,
+        )
+        self.metrics = TokenizerMetrics()
+
+    async def encode(self, request: PairRequest) -> EncodedPairs:
+        """Encodes one request; a bad request fails alone, never its batch neighbours."""
+        result = await self._encode_batch(request)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def _encode_batch(self, requests: list[PairRequest]) -> list:
+        started = time.perf_counter()
+        try:
+            results = self.encoder.encode_many(requests)
+        except Exception:
+            results = []
+            for request in requests:
+                try:
+                    results.append(self.encoder.encode_request(request))
+                except Exception as exc:  # delivered to its own caller only
+                    results.append(exc)
+        elapsed = time.perf_counter() - started
+        for result in results:
+            if isinstance(result, EncodedPairs):
+                self.metrics.stage_duration.observe(elapsed, tags={"stage": "tokenization"})
+                for length in result.lengths.tolist():
+                    self.metrics.pair_tokens.observe(length)
+        return results
+
+    def describe(self) -> dict:
+        import sys
+
+        return {"max_length": self.max_length, "torch_imported": "torch" in sys.modules}
