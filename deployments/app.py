@@ -1,7 +1,5 @@
 """Composition of the application, and the builder that serve_config.yaml imports."""
 
-from __future__ import annotations
-
 from ray.serve import Application
 
 from deployments.ingress import Ingress

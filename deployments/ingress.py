@@ -72,6 +72,12 @@ def ingress_metrics() -> IngressMetrics:
     return _metrics
 
 
+def local_path(scope) -> str:
+    """The request path below the application's route prefix."""
+    path, prefix = scope.get("path", ""), scope.get("root_path", "")
+    return path[len(prefix):] or "/" if prefix and path.startswith(prefix) else path
+
+
 def route_family(path: str) -> str:
     return "cohere" if path.startswith(("/v1/", "/v2/")) else "tei"
 
@@ -96,7 +102,7 @@ class RequestContextMiddleware:
         request_id = headers.get("x-request-id") or uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state.update(request_id=request_id, passages=0, tokens=0, failure_reason=None)
-        path = scope.get("path", "")
+        path = local_path(scope)
         route = path if path in ROUTES else "other"
         status = {"code": 500}
         limit = self.max_body_bytes()
@@ -171,7 +177,7 @@ app = FastAPI(
 @app.exception_handler(RerankerError)
 async def _reranker_error(request: Request, exc: RerankerError):
     request.state.failure_reason = exc.reason
-    return error_response(exc, request.url.path)
+    return error_response(exc, local_path(request.scope))
 
 
 @app.exception_handler(RequestValidationError)
@@ -182,7 +188,7 @@ async def _validation_error(request: Request, exc: RequestValidationError):
         problems.append(f"{location}: {err.get('msg', 'invalid')}")
     error = ValidationError("Invalid request: " + "; ".join(problems))
     request.state.failure_reason = error.reason
-    return error_response(error, request.url.path)
+    return error_response(error, local_path(request.scope))
 
 
 _limits = {"max_body_bytes": RerankerSettings().max_body_bytes}
@@ -342,7 +348,7 @@ class Ingress:
             logger.exception("Unhandled error in request %s", getattr(request.state, "request_id", "?"))
             exc = RerankerError(INTERNAL_ERROR_MESSAGE)
             request.state.failure_reason = exc.reason
-            return error_response(exc, request.url.path)
+            return error_response(exc, local_path(request.scope))
 
     def respond(self, content, headers: Optional[dict] = None, started: Optional[float] = None) -> JSONResponse:
         response = JSONResponse(content, headers=headers)

@@ -29,3 +29,166 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def tiny_model_dir_1label(tmp_path_factory) -> Path:
     """A 1-label tiny random BERT cross-encoder, like ms-marco MiniLM."""
     return save_tiny_model(tmp_path_factory.mktemp("tiny1"), num_labels=1, seed=1)
+
+
+# ----- real Ray Serve, once per session ---------------------------------------------------------
+
+import copy  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
+
+import yaml  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def load_serve_config() -> dict:
+    return yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
+
+
+class ServeCluster:
+    """A local Ray with Serve on 127.0.0.1, started by this test session and stopped by it."""
+
+    def __init__(self, model_dir: Path):
+        import ray
+
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        os.environ["RERANKER_MODEL"] = str(model_dir)
+        # Metrics reach the node's agent every second instead of every ten.
+        os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
+        self.http_port = free_port()
+        self.metrics_port = free_port()
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            _metrics_export_port=self.metrics_port,
+            log_to_driver=False,
+        )
+        self.base_config = load_serve_config()
+        config = copy.deepcopy(self.base_config)
+        config["http_options"].update(host="127.0.0.1", port=self.http_port)
+        self.deploy(config)
+        self.wait_ready("/")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def deploy(self, config: dict) -> None:
+        """Deploys a full config the way `serve deploy` / `serve run config.yaml` do."""
+        from ray.serve._private.api import serve_start
+        from ray.serve.schema import ServeDeploySchema
+
+        schema = ServeDeploySchema.model_validate(config)
+        client = serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
+        client.deploy_apps(schema, _blocking=False)
+        self.current_config = config
+
+    def add_app(self, app: dict) -> None:
+        """Deploys one more application beside the current ones (declarative: the list is the truth)."""
+        config = copy.deepcopy(self.current_config)
+        config["applications"] = [a for a in config["applications"] if a["name"] != app["name"]] + [app]
+        self.deploy(config)
+
+    def remove_app(self, name: str) -> None:
+        config = copy.deepcopy(self.current_config)
+        config["applications"] = [a for a in config["applications"] if a["name"] != name]
+        self.deploy(config)
+
+    def wait_ready(self, prefix: str, timeout_s: float = 120) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                last = httpx.get(f"{self.url}{prefix.rstrip('/')}/ready", timeout=10)
+                if last.status_code == 200:
+                    return
+            except httpx.HTTPError as exc:
+                last = exc
+            time.sleep(0.5)
+        raise AssertionError(f"app at {prefix} not ready in {timeout_s}s: {getattr(last, 'text', last)}")
+
+    def stop(self) -> None:
+        import ray
+        from ray import serve
+
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+def reranker_app(name: str, route_prefix: str, args: dict | None = None, env: dict | None = None, **overrides) -> dict:
+    """An application entry built from serve_config.yaml's, under another name and prefix."""
+    app = copy.deepcopy(load_serve_config()["applications"][0])
+    app.update(name=name, route_prefix=route_prefix)
+    app["args"] = {**app.get("args", {}), **(args or {})}
+    if env:
+        app["runtime_env"] = {"env_vars": env}
+    for deployment in app["deployments"]:
+        deployment.update(overrides.get(deployment["name"], {}))
+    return app
+
+
+@pytest.fixture(scope="session")
+def serve_cluster(tiny_model_dir):
+    cluster = ServeCluster(tiny_model_dir)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def http(serve_cluster):
+    import httpx
+
+    with httpx.Client(base_url=serve_cluster.url, timeout=60) as client:
+        yield client
+
+
+# ----- scoring core (tier 1 and 2) ---------------------------------------------------------------
+
+LONG_PASSAGE = "the quick brown fox jumps over the lazy dog " * 80  # 720 tokens: truncated at 512
+
+# (query, passage) pairs across scripts, with one passage past 512 tokens and one empty passage.
+MULTILINGUAL_PAIRS = [
+    ("what is the capital of france", "paris is the capital and most populous city of france"),
+    ("Столица России?", "столица россии москва"),
+    ("日本の首都", "東京は日本の首都です"),
+    ("北京", "北京是中国的首都"),
+    ("서울", "서울은 대한민국의 수도이다"),
+    ("عاصمة مصر", "القاهرة هي عاصمة مصر"),
+    ("भारत की राजधानी", "नई दिल्ली भारत की राजधानी है"),
+    ("emoji 🙂", "emoji test 🙂 🚀 ✨"),
+    ("Paris или Москва", "mixed paris и москва 東京, madrid es la capital de España"),
+    ("Ñandú xyz", "roma è la capitale d'italia"),
+    ("the lazy dog", LONG_PASSAGE),
+    ("what is the capital of france", ""),
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir_3label(tmp_path_factory) -> Path:
+    """A 3-label tiny cross-encoder with named labels: needs relevant_label."""
+    return save_tiny_model(
+        tmp_path_factory.mktemp("tiny3"), num_labels=3, seed=2, id2label={0: "negative", 1: "neutral", 2: "relevant"}
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir_base(tmp_path_factory) -> Path:
+    """A tiny BertModel without a classification head."""
+    return save_tiny_model(tmp_path_factory.mktemp("tinybase"), architecture="base")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from deployments.tokenization import load_tokenizer
+
+    return load_tokenizer(str(tiny_model_dir))

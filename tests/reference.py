@@ -1,0 +1,36 @@
+"""The model card's reference usage, for comparing scores in tests: one pair at a time."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+
+@lru_cache(maxsize=4)
+def _load(model_dir: str):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir), AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+
+
+def reference_scores(model_dir, query: str, passages: list[str], max_length: int = 512):
+    """(raw, normalized) per passage: logit[1] and softmax[1] (1 label: logit[0] and sigmoid).
+
+    An empty passage is encoded as an empty second segment, as the batched reference call does.
+    """
+    import torch
+
+    tokenizer, model = _load(str(model_dir))
+    raw, normalized = [], []
+    with torch.inference_mode():
+        for passage in passages:
+            features = tokenizer([query], [passage], truncation="only_second", max_length=max_length, return_tensors="pt")
+            logits = model(**features).logits[0]
+            if logits.shape[0] == 1:
+                raw.append(float(logits[0]))
+                normalized.append(float(torch.sigmoid(logits[0])))
+            else:
+                raw.append(float(logits[1]))
+                normalized.append(float(torch.softmax(logits, dim=0)[1]))
+    return np.array(raw), np.array(normalized)
