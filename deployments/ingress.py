@@ -8,18 +8,21 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
 from typing import Optional
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments import __version__
 from deployments.batching import split_documents
@@ -57,8 +60,11 @@ logger = logging.getLogger("ray.serve")
 
 REPLICA_LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
 AUTHENTICATED_PREFIXES = ("/rerank", "/v1/rerank", "/v2/rerank", "/score")
+# Lone UTF-16 surrogates: JSON escapes like \ud800 decode to them, and no tokenizer accepts them.
+UNPAIRED_SURROGATE = re.compile("[\ud800-\udfff]")
 # Characters per token, pessimistic for multilingual text; only used to size sub-requests.
 CHARS_PER_TOKEN_ESTIMATE = 3
+CANARY_TIMEOUT_S = 3
 
 _metrics: Optional[IngressMetrics] = None
 _in_flight = {"count": 0}
@@ -191,6 +197,20 @@ async def _validation_error(request: Request, exc: RequestValidationError):
     return error_response(error, local_path(request.scope))
 
 
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    # FastAPI turns any error raised while reading the body into 400 "error parsing the body": the
+    # body-size limit (raised by the middleware's receive) keeps its 413; bodies json.loads cannot
+    # read (invalid UTF-8, nesting past the recursion limit) fail like invalid JSON, with 422.
+    if isinstance(exc.__cause__, RerankerError):
+        return await _reranker_error(request, exc.__cause__)
+    if exc.status_code == 400:
+        error = ValidationError("Invalid request: the body is not valid UTF-8 JSON.")
+        request.state.failure_reason = error.reason
+        return error_response(error, local_path(request.scope))
+    return await http_exception_handler(request, exc)
+
+
 _limits = {"max_body_bytes": RerankerSettings().max_body_bytes}
 app.add_middleware(RequestContextMiddleware, max_body_bytes_getter=lambda: _limits["max_body_bytes"])
 
@@ -253,6 +273,8 @@ class Ingress:
                 raise PayloadTooLargeError(f"Query of {len(query)} characters exceeds max_query_chars ({s.max_query_chars}).")
             if "\x00" in query:
                 raise ValidationError("The query contains a null byte.")
+            if UNPAIRED_SURROGATE.search(query):
+                raise ValidationError("The query contains an unpaired UTF-16 surrogate (invalid Unicode).")
         for index, text in enumerate(documents):
             if len(text) > s.max_document_chars:
                 raise PayloadTooLargeError(
@@ -260,6 +282,8 @@ class Ingress:
                 )
             if "\x00" in text:
                 raise ValidationError(f"Document {index} contains a null byte.")
+            if UNPAIRED_SURROGATE.search(text):
+                raise ValidationError(f"Document {index} contains an unpaired UTF-16 surrogate (invalid Unicode).")
 
     def deadline(self) -> float:
         return time.monotonic() + self.settings.request_deadline_s
@@ -270,6 +294,8 @@ class Ingress:
         Returns (raw, normalized, chunks_per_doc, total_tokens, query_truncated) over all documents.
         """
         started = time.perf_counter()
+        if not self.ready:
+            await self.ensure_ready()
         s = self.settings
         per_doc_cap = s.max_length or 512
         if pair_request.chunk:
@@ -303,7 +329,12 @@ class Ingress:
             ) from None
         finally:
             for response in responses:
-                response.cancel()
+                # Best effort: cancel() re-raises the error of a call that already failed (such as a
+                # lost replica's part that was retried); that must not replace this request's outcome.
+                try:
+                    response.cancel()
+                except Exception:  # noqa: BLE001
+                    pass
         raw = np.concatenate([r.raw for r in results])
         normalized = np.concatenate([r.normalized for r in results])
         chunks = np.concatenate([r.chunks_per_doc for r in results])
@@ -487,25 +518,37 @@ class Ingress:
 
     @app.get("/ready", summary="Readiness: 200 once a canary pair has been scored end to end")
     async def ready_check(self, request: Request):
+        try:
+            await self.ensure_ready()
+        except NotReadyError:
+            return JSONResponse(
+                {"status": "not_ready", "reason": self.not_ready_reason}, status_code=503, headers={"Retry-After": "5"}
+            )
+        return {"status": "ready"}
+
+    async def ensure_ready(self) -> None:
+        """Scores the canary unless it has already passed; a request never waits on an absent model."""
         if not self.ready:
             async with self._canary_lock:
                 if not self.ready:
                     await self._run_canary()
-        if self.ready:
-            return {"status": "ready"}
-        return JSONResponse(
-            {"status": "not_ready", "reason": self.not_ready_reason}, status_code=503, headers={"Retry-After": "5"}
-        )
+        if not self.ready:
+            raise NotReadyError(f"The model is not ready: {self.not_ready_reason}", retry_after_s=5)
 
     async def _run_canary(self) -> None:
         canary = PairRequest(queries=["readiness canary"], passages=["canary passage"])
+        encoded = scored = None
         try:
             encoded = self.tokenizer.encode.remote(canary)
-            result = await asyncio.wait_for(self.scorer.score.remote(encoded), timeout=5)
+            scored = self.scorer.score.remote(encoded)
+            result = await asyncio.wait_for(scored, timeout=CANARY_TIMEOUT_S)
             if result.raw.shape == (1,) and np.isfinite(result.raw).all():
                 self.ready = True
                 self.not_ready_reason = ""
         except Exception as exc:  # noqa: BLE001 - any failure means not ready; say why
+            for response in (encoded, scored):
+                if response is not None:
+                    response.cancel()
             self.not_ready_reason = await self._deployment_problem() or f"Canary failed: {type(exc).__name__}."
 
     async def _deployment_problem(self) -> str:

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the project into .venv with Python 3.11. Usage: scripts/install.sh [EXTRAS], e.g. "test".
+#
+# torch: a GPU machine (nvidia-smi present) gets PyPI's torch==2.13.0, a CUDA build. Any other
+# machine gets the CPU build from PyTorch's CPU index, which is much smaller. Set TORCH_INDEX_URL
+# to choose another index (for example a CUDA-version-specific one).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+python="${PYTHON:-python3.11}"
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip=(.venv/bin/python -m pip install --disable-pip-version-check)
+
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+  "${pip[@]}" "torch==2.13.0" --index-url "$TORCH_INDEX_URL"
+elif command -v nvidia-smi >/dev/null 2>&1; then
+  "${pip[@]}" "torch==2.13.0"
+else
+  # The CPU build is "2.13.0+cpu"; pip prefers it over PyPI's CUDA build of the same version.
+  "${pip[@]}" "torch==2.13.0" --extra-index-url https://download.pytorch.org/whl/cpu
+fi
+"${pip[@]}" -e ".${extras:+[$extras]}"
