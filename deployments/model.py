@@ -5,6 +5,7 @@ Only the scorer process imports this module (it imports torch).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -78,7 +79,8 @@ class TorchBackend:
         self.device = device
         self.dtype = dtype
         self.pad_token_id = getattr(model.config, "pad_token_id", None) or 0
-        self.accepts_token_type_ids = "token_type_ids" in self.model.forward.__code__.co_varnames
+        # inspect.signature follows the decorators' __wrapped__; forward.__code__ is the wrapper's (*args, **kwargs).
+        self.accepts_token_type_ids = "token_type_ids" in inspect.signature(self.model.forward).parameters
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(array).long()

@@ -95,11 +95,16 @@ def _model_file(model: str, revision: Optional[str], filename: str) -> Optional[
             raise ModelLoadError(f"Model directory '{model}' does not exist.")
         path = os.path.join(directory, filename)
         return path if os.path.isfile(path) else None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
         return hf_hub_download(model, filename, revision=revision)
+    except LocalEntryNotFoundError as exc:
+        # Also an EntryNotFoundError, but it means "offline and not cached": absent only if the model is cached.
+        if isinstance(try_to_load_from_cache(model, "config.json", revision=revision), str):
+            return None
+        raise ModelLoadError(describe_load_failure(model, revision, exc)) from exc
     except EntryNotFoundError:
         return None
     except Exception as exc:  # offline, unknown repo, revision, network: one clear message
@@ -115,7 +120,7 @@ def describe_load_failure(model: str, revision: Optional[str], exc: BaseExceptio
     )
     if is_local_path(model):
         hint = "Check that the directory holds a saved model (config.json, weights, tokenizer files)."
-    return f"Cannot load model {where}: {type(exc).__name__}: {detail[:300]}. {hint}"
+    return f"Cannot load model {where}: {type(exc).__name__}: {detail[:300].rstrip('.')}. {hint}"
 
 
 def read_model_config(model: str, revision: Optional[str] = None) -> dict:
@@ -199,7 +204,8 @@ class PairEncoder:
         self._check_pair_template()
 
     def _check_pair_template(self) -> None:
-        query, passage = "pair template check", "second segment"
+        # Short enough that no truncation happens at any allowed max_length (>= 8) with any vocabulary.
+        query, passage = "a b", "c d"
         reference = self.tokenizer(query, passage)
         mine = self.encode(query, [passage])
         if list(reference["input_ids"]) != mine.input_ids.tolist() or (

@@ -1,0 +1,88 @@
+"""Tier 2: a model that cannot be served fails at load time with one clear ModelLoadError or SettingsError."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deployments.errors import ModelLoadError, SettingsError
+from deployments.model import ModelScorer
+from deployments.relevance import check_architecture, relevance_head
+from deployments.settings import RerankerSettings
+from deployments.tokenization import load_tokenizer, read_model_config
+
+HUB_ID = "nobody/does-not-exist"
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Offline whatever the outer environment says (huggingface_hub reads the constant per call)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+def test_missing_local_path(tmp_path):
+    missing = str(tmp_path / "no-such-model")
+    message = f"Model directory '{missing}' does not exist"
+    for load in (lambda: ModelScorer(RerankerSettings(model=missing)), lambda: load_tokenizer(missing),
+                 lambda: read_model_config(missing)):
+        with pytest.raises(ModelLoadError, match=message):
+            load()
+
+
+def test_directory_without_config(tmp_path):
+    with pytest.raises(ModelLoadError, match="has no config.json; it is not a transformers model"):
+        ModelScorer(RerankerSettings(model=str(tmp_path)))
+
+
+@pytest.mark.usefixtures("offline")
+def test_hub_id_without_network():
+    message = rf"Cannot load model '{HUB_ID}': LocalEntryNotFoundError: .*Check the hub id and network access"
+    for load in (lambda: ModelScorer(RerankerSettings(model=HUB_ID)), lambda: load_tokenizer(HUB_ID),
+                 lambda: read_model_config(HUB_ID)):
+        with pytest.raises(ModelLoadError, match=message):
+            load()
+
+
+def test_model_without_classification_head(tiny_model_dir_base):
+    message = r"\['BertModel'\] is not a sequence-classification cross-encoder"
+    with pytest.raises(ModelLoadError, match=message):
+        ModelScorer(RerankerSettings(model=str(tiny_model_dir_base)))
+    with pytest.raises(ModelLoadError, match=message):  # the tokenizer deployment's check
+        check_architecture(read_model_config(str(tiny_model_dir_base)))
+
+
+def test_three_labels_without_relevant_label(tiny_model_dir_3label):
+    message = r"Model has 3 labels \['negative', 'neutral', 'relevant'\]; set relevant_label"
+    with pytest.raises(ModelLoadError, match=message):
+        ModelScorer(RerankerSettings(model=str(tiny_model_dir_3label)))
+    with pytest.raises(ModelLoadError, match=message):
+        relevance_head(read_model_config(str(tiny_model_dir_3label)))
+    with pytest.raises(ModelLoadError, match="relevant_label 5 is out of range"):
+        ModelScorer(RerankerSettings(model=str(tiny_model_dir_3label), relevant_label=5))
+
+
+def test_scorer_describes_what_it_loaded(tiny_model_dir_1label):
+    scorer = ModelScorer(RerankerSettings(model=str(tiny_model_dir_1label), device="cpu"))
+    described = scorer.describe()
+    assert (described["device"], described["dtype"], described["num_labels"]) == ("cpu", "float32", 1)
+    assert described["max_length"] == 512 and "sigmoid" in described["score"]
+    assert scorer.backend.accepts_token_type_ids
+
+
+def test_half_precision_on_cpu_is_refused(tiny_model_dir):
+    for dtype in ("float16", "bfloat16"):
+        with pytest.raises(SettingsError, match=f"dtype {dtype} is for GPU"):
+            ModelScorer(RerankerSettings(model=str(tiny_model_dir), device="cpu", dtype=dtype))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_device_without_cuda_is_refused(tiny_model_dir):
+    with pytest.raises(SettingsError, match="device is 'cuda' but CUDA is not available"):
+        ModelScorer(RerankerSettings(model=str(tiny_model_dir), device="cuda"))
+
+
+def test_max_length_beyond_the_model_is_refused(tiny_model_dir):
+    with pytest.raises(SettingsError, match="max_length 1024 exceeds the model's 512 positions"):
+        ModelScorer(RerankerSettings(model=str(tiny_model_dir), max_length=1024))
