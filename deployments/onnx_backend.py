@@ -1,0 +1,213 @@
+"""ONNX Runtime backend for CPU scoring: export once, cache beside the model, optionally int8.
+
+The fp32 file is the `torch.onnx.export` graph fused by ORT's BERT optimizer (Attention,
+SkipLayerNorm, BiasGelu); the int8 file is that fused graph with dynamically quantized (QInt8)
+weights. Both live in
+`<onnx_cache_dir or ~/.cache/reranker/onnx>/<model id>/<revision or local-hash>/`,
+are exported at startup when missing, and can be baked into an image with
+`python -m deployments.onnx_backend export --model <id-or-dir> [--revision R] [--int8] [--cache-dir D]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from deployments.errors import ModelLoadError
+from deployments.tokenization import _model_file, describe_load_failure, is_local_path, read_model_config
+
+logger = logging.getLogger("ray.serve")
+
+FP32_FILE = "model.onnx"
+INT8_FILE = "model-int8.onnx"
+OPSET = 17
+
+
+def default_cache_root() -> Path:
+    return Path(os.path.expanduser("~/.cache/reranker/onnx"))
+
+
+def _sanitize(model: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "--", model.strip("/~.")) or "model"
+
+
+def model_version(model: str, revision: Optional[str]) -> str:
+    """The cache key of one model version: the hub revision (commit when known) or a local hash.
+
+    A local directory is keyed by its config and its weight files' sizes and mtimes, so a
+    retrained model written over the same directory gets a fresh export.
+    """
+    if is_local_path(model):
+        directory = Path(os.path.expanduser(model))
+        digest = hashlib.sha256((directory / "config.json").read_bytes())
+        for path in sorted(directory.iterdir()):
+            if path.suffix in (".safetensors", ".bin") or path.name.endswith(".index.json"):
+                stat = path.stat()
+                digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        return "local-" + digest.hexdigest()[:16]
+    config_path = _model_file(model, revision, "config.json") or ""
+    # A hub download lives in .../snapshots/<commit>/config.json: key by the commit itself.
+    match = re.search(r"snapshots[/\\]([0-9a-f]{40})[/\\]", config_path)
+    return match.group(1) if match else _sanitize(revision or "main")
+
+
+def cache_dir_for(model: str, revision: Optional[str], cache_root: Optional[str] = None) -> Path:
+    """Where the ONNX files of this model version are cached."""
+    root = Path(os.path.expanduser(cache_root)) if cache_root else default_cache_root()
+    name = Path(os.path.expanduser(model)).resolve().name if is_local_path(model) else model
+    return root / _sanitize(name) / model_version(model, revision)
+
+
+def _replace_atomically(write, target: Path) -> None:
+    """Writes through `write(tmp_path)` then renames, so a concurrent replica never reads half a file."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.stem + ".", suffix=".tmp.onnx")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; an image may serve as another user
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def export_fp32(model: str, revision: Optional[str], target: Path) -> None:
+    """torch.onnx.export of the classification model (dynamic batch and sequence), then BERT fusion."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        hf_model = AutoModelForSequenceClassification.from_pretrained(
+            model, revision=revision, attn_implementation="eager", dtype=torch.float32
+        ).eval()
+    except Exception as exc:
+        raise ModelLoadError(describe_load_failure(model, revision, exc)) from exc
+    config = hf_model.config
+    accepts_types = "token_type_ids" in inspect.signature(hf_model.forward).parameters
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if accepts_types else [])
+    example = {name: torch.ones((2, 8), dtype=torch.long) for name in names}
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".export-") as work:
+        raw = os.path.join(work, "raw.onnx")
+        # The TorchScript exporter: its graphs are the ones ORT's BERT fusion recognizes, and it
+        # needs no extra runtime dependency. Dynamic axes: batch and sequence.
+        with torch.inference_mode():
+            torch.onnx.export(
+                hf_model, (), raw, kwargs=example, input_names=names, output_names=["logits"],
+                dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch"}},
+                opset_version=OPSET, do_constant_folding=True, dynamo=False,
+            )
+        del hf_model
+
+        def fuse(out: str) -> None:
+            from onnxruntime.transformers.optimizer import optimize_model
+
+            optimized = optimize_model(
+                raw, model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size,
+                opt_level=0, use_gpu=False,
+            )
+            logger.info("ONNX fusion: %s", optimized.get_fused_operator_statistics())
+            optimized.save_model_to_file(out)
+
+        _replace_atomically(fuse, target)
+
+
+def quantize_int8(source: Path, target: Path) -> None:
+    """Dynamic int8 quantization (QInt8 weights, activations quantized per batch at run time)."""
+    from onnx import TensorProto
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Shape inference cannot type the outputs of fused contrib ops (Attention, SkipLayerNorm);
+    # they are all float here, so say so instead of failing.
+    _replace_atomically(
+        lambda out: quantize_dynamic(
+            str(source), out, weight_type=QuantType.QInt8, per_channel=True,
+            extra_options={"DefaultTensorType": TensorProto.FLOAT},
+        ),
+        target,
+    )
+
+
+def ensure_exported(model: str, revision: Optional[str] = None, int8: bool = False, cache_root: Optional[str] = None) -> Path:
+    """Path of the cached fp32 (or int8) ONNX file, exporting what is missing."""
+    read_model_config(model, revision)  # a clear ModelLoadError for a missing or unreachable model
+    directory = cache_dir_for(model, revision, cache_root)
+    directory.mkdir(parents=True, exist_ok=True)
+    fp32 = directory / FP32_FILE
+    if not fp32.is_file():
+        started = time.perf_counter()
+        export_fp32(model, revision, fp32)
+        logger.info("Exported %s to %s in %.1f s", model, fp32, time.perf_counter() - started)
+    if not int8:
+        return fp32
+    quantized = directory / INT8_FILE
+    if not quantized.is_file():
+        started = time.perf_counter()
+        quantize_int8(fp32, quantized)
+        logger.info("Quantized %s to %s in %.1f s", model, quantized, time.perf_counter() - started)
+    return quantized
+
+
+class OnnxBackend:
+    """Forward pass through an ONNX Runtime CPU session (fp32 fused, or int8 weights)."""
+
+    def __init__(self, path: Path, name: str, pad_token_id: int, threads: int):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        self.path = path
+        self.name = name
+        self.pad_token_id = pad_token_id
+
+    @classmethod
+    def load(cls, settings, quantize: bool) -> "OnnxBackend":
+        path = ensure_exported(settings.model, settings.revision, int8=quantize, cache_root=settings.onnx_cache_dir)
+        config = read_model_config(settings.model, settings.revision)
+        threads = settings.torch_threads or os.cpu_count() or 1
+        return cls(path, "onnx-int8" if quantize else "onnx", config.get("pad_token_id") or 0, threads)
+
+    def forward_logits(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        feeds = {name: np.ascontiguousarray(value, dtype=np.int64) for name, value in feeds.items() if name in self.input_names}
+        return self.session.run(["logits"], feeds)[0].astype(np.float32, copy=False)
+
+
+def main(argv=None) -> int:
+    """CLI: export (and optionally quantize) a model into the cache, e.g. while building an image."""
+    parser = argparse.ArgumentParser(prog="python -m deployments.onnx_backend")
+    commands = parser.add_subparsers(dest="command", required=True)
+    export = commands.add_parser("export", help="export the ONNX files of a model into the cache")
+    export.add_argument("--model", required=True, help="hub id or local directory")
+    export.add_argument("--revision", default=None)
+    export.add_argument("--int8", action="store_true", help="also write the int8 (dynamic quantization) file")
+    export.add_argument("--cache-dir", default=None, help="cache root (default ~/.cache/reranker/onnx)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logger.setLevel(logging.INFO)
+    try:
+        path = ensure_exported(args.model, args.revision, int8=args.int8, cache_root=args.cache_dir)
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for file in sorted(path.parent.glob("*.onnx")):
+        print(file)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

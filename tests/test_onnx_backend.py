@@ -1,0 +1,109 @@
+"""The onnx / onnx-int8 backends: parity with torch, the export cache, the export CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from deployments.model import ModelScorer  # noqa: E402
+from deployments.onnx_backend import FP32_FILE, INT8_FILE, cache_dir_for  # noqa: E402
+from deployments.settings import RerankerSettings  # noqa: E402
+from deployments.tokenization import PairEncoder, load_tokenizer  # noqa: E402
+
+QUERY = "what is the capital of france"
+PASSAGES = [
+    "paris is the capital and most populous city of france",
+    "berlin ist die hauptstadt von deutschland",
+    "столица россии москва",
+    "東京は日本の首都です",
+    "القاهرة هي عاصمة مصر",
+    "नई दिल्ली भारत की राजधानी है",
+    "",
+    " ".join(["the quick brown fox jumps over the lazy dog"] * 80),  # truncated at max_length
+]
+
+
+def _scores(model_dir, backend: str, cache_dir) -> tuple:
+    settings = RerankerSettings(
+        model=str(model_dir), device="cpu", dtype="float32", backend=backend, onnx_cache_dir=str(cache_dir),
+        max_batch_size=3,
+    )
+    scorer = ModelScorer(settings)
+    encoder = PairEncoder(load_tokenizer(str(model_dir)), scorer.max_length, settings.max_query_tokens)
+    pairs = encoder.encode(QUERY, PASSAGES)
+    logits = scorer.forward_logits(*_dense(pairs))
+    return scorer, scorer.score_pairs(pairs), logits
+
+
+def _dense(pairs):
+    from deployments.batching import collate
+
+    return collate(pairs, np.arange(pairs.num_pairs))
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_model_dir_1label"])
+def test_onnx_matches_torch(request, fixture, onnx_cache):
+    model_dir = request.getfixturevalue(fixture)
+    _, torch_scores, torch_logits = _scores(model_dir, "torch", onnx_cache)
+    scorer, onnx_scores, onnx_logits = _scores(model_dir, "onnx", onnx_cache)
+    assert scorer.backend.name == "onnx"
+    assert onnx_logits.dtype == np.float32 and onnx_logits.shape == torch_logits.shape
+    assert np.max(np.abs(onnx_logits - torch_logits)) <= 1e-4
+    assert np.max(np.abs(onnx_scores.raw - torch_scores.raw)) <= 1e-4
+    assert np.max(np.abs(onnx_scores.normalized - torch_scores.normalized)) <= 1e-4
+
+
+def test_export_cache_is_reused(tiny_model_dir, tmp_path):
+    _scores(tiny_model_dir, "onnx", tmp_path)
+    path = cache_dir_for(str(tiny_model_dir), None, str(tmp_path)) / FP32_FILE
+    assert path.is_file()
+    first = path.stat().st_mtime_ns
+    _scores(tiny_model_dir, "onnx", tmp_path)
+    assert path.stat().st_mtime_ns == first
+    assert not list(path.parent.glob("*.tmp.onnx"))
+
+
+def test_int8_loads_and_scores(tiny_model_dir, onnx_cache):
+    _, torch_scores, _ = _scores(tiny_model_dir, "torch", onnx_cache)
+    scorer, int8_scores, logits = _scores(tiny_model_dir, "onnx-int8", onnx_cache)
+    assert scorer.backend.name == "onnx-int8"
+    assert (cache_dir_for(str(tiny_model_dir), None, str(onnx_cache)) / INT8_FILE).is_file()
+    assert int8_scores.raw.shape == torch_scores.raw.shape
+    assert np.all(np.isfinite(int8_scores.raw)) and np.all(np.isfinite(logits))
+
+
+def test_export_cli(tiny_model_dir_1label, tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "deployments.onnx_backend", "export", "--model", str(tiny_model_dir_1label),
+         "--int8", "--cache-dir", str(tmp_path)],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env,
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    directory = cache_dir_for(str(tiny_model_dir_1label), None, str(tmp_path))
+    assert (directory / FP32_FILE).is_file() and (directory / INT8_FILE).is_file()
+    assert str(directory / FP32_FILE) in result.stdout
+
+
+def test_export_cli_reports_a_missing_model(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "deployments.onnx_backend", "export", "--model", str(tmp_path / "missing"),
+         "--cache-dir", str(tmp_path)],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1
+    assert "does not exist" in result.stderr
