@@ -44,18 +44,15 @@ def plan_batches(lengths: np.ndarray, max_batch_tokens: int, max_batch_size: int
 
 def collate(pairs: EncodedPairs, indices: np.ndarray, pad_to_multiple_of: int = 1, pad_token_id: int = 0):
     """Dense (input_ids, attention_mask, token_type_ids) int32 arrays, padded to the batch's longest pair."""
-    lengths = pairs.lengths[indices]
+    lengths = pairs.lengths[indices].astype(np.int64)
     width = round_up(int(lengths.max()), pad_to_multiple_of)
-    input_ids = np.full((len(indices), width), pad_token_id, dtype=np.int32)
-    token_type_ids = np.zeros((len(indices), width), dtype=np.int32)
-    attention_mask = np.zeros((len(indices), width), dtype=np.int32)
-    offsets = pairs.offsets
-    for row, (pair, length) in enumerate(zip(indices, lengths)):
-        start = offsets[pair]
-        input_ids[row, :length] = pairs.input_ids[start: start + length]
-        token_type_ids[row, :length] = pairs.token_type_ids[start: start + length]
-        attention_mask[row, :length] = 1
-    return input_ids, attention_mask, token_type_ids
+    columns = np.arange(width)
+    mask = columns[None, :] < lengths[:, None]
+    # Flat positions of every cell; padding cells point at position 0 and are masked out below.
+    positions = np.where(mask, pairs.offsets[indices][:, None] + columns[None, :], 0)
+    input_ids = np.where(mask, pairs.input_ids[positions], pad_token_id).astype(np.int32)
+    token_type_ids = np.where(mask, pairs.token_type_ids[positions], 0).astype(np.int32)
+    return input_ids, mask.astype(np.int32), token_type_ids
 
 
 def split_by_budget(pairs: EncodedPairs, max_batch_tokens: int) -> list[np.ndarray]:

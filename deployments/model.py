@@ -28,12 +28,11 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 @dataclass
 class BatchStats:
-    """What one forward pass cost: pairs, real tokens, padded tokens, seconds."""
+    """What one forward pass cost: pairs, real tokens and padded tokens."""
 
     pairs: int
     real_tokens: int
     padded_tokens: int
-    seconds: float
 
 
 @dataclass
@@ -55,7 +54,9 @@ def resolve_device(setting: str) -> str:
 
 def resolve_dtype(setting: str, device: str) -> torch.dtype:
     if setting == "auto":
-        return torch.bfloat16 if device == "cuda" else torch.float32
+        # float16 over bfloat16 on GPU: same speed, and its 10-bit mantissa ranks closer to fp32
+        # (benchmarks/RESULTS.md, GPU section).
+        return torch.float16 if device == "cuda" else torch.float32
     if device == "cpu" and setting != "float32":
         raise SettingsError(f"dtype {setting} is for GPU; the CPU path is float32 (bf16 without native support is ~5x slower)")
     return DTYPES[setting]
@@ -82,18 +83,32 @@ class TorchBackend:
         # inspect.signature follows the decorators' __wrapped__; forward.__code__ is the wrapper's (*args, **kwargs).
         self.accepts_token_type_ids = "token_type_ids" in inspect.signature(self.model.forward).parameters
 
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(array).long()
-        if self.device == "cuda":
-            return tensor.pin_memory().to(self.device, non_blocking=True)
-        return tensor
-
     @torch.inference_mode()
-    def forward_logits(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
-        inputs = {"input_ids": self._tensor(input_ids), "attention_mask": self._tensor(attention_mask)}
+    def launch(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> torch.Tensor:
+        """Starts one forward pass and returns its logits on the device, without waiting for them.
+
+        On GPU the three int32 arrays travel as one pinned block and widen to int64 there, so the
+        CPU can collate the next batch while this one runs.
+        """
+        block = torch.from_numpy(np.stack((input_ids, attention_mask, token_type_ids)))
+        if self.device == "cuda":
+            block = block.pin_memory().to(self.device, non_blocking=True)
+        block = block.long()
+        inputs = {"input_ids": block[0], "attention_mask": block[1]}
         if self.accepts_token_type_ids:
-            inputs["token_type_ids"] = self._tensor(token_type_ids)
-        return self.model(**inputs).logits.float().cpu().numpy()
+            inputs["token_type_ids"] = block[2]
+        return self.model(**inputs).logits.float()
+
+    @staticmethod
+    def fetch(launched: list) -> list:
+        """Waits for launched batches and returns their logits as numpy arrays (one transfer)."""
+        if not launched:
+            return []
+        stacked = torch.cat(launched).cpu().numpy()
+        return np.split(stacked, np.cumsum([t.shape[0] for t in launched])[:-1])
+
+    def forward_logits(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+        return self.fetch([self.launch(input_ids, attention_mask, token_type_ids)])[0]
 
 
 def build_backend(settings: RerankerSettings, device: str, dtype: torch.dtype):
@@ -152,21 +167,23 @@ class ModelScorer:
         plan = plan_batches(
             pairs.lengths, self.batching.max_batch_tokens, self.batching.max_batch_size, self.pad_to_multiple_of
         )
+        launch = getattr(self.backend, "launch", self.backend.forward_logits)
+        fetch = getattr(self.backend, "fetch", list)
+        launched = []
         for indices in plan:
-            started = time.perf_counter()
             input_ids, attention_mask, token_type_ids = collate(
                 pairs, indices, self.pad_to_multiple_of, self.backend.pad_token_id
             )
-            logits = self.forward_logits(input_ids, attention_mask, token_type_ids)
-            raw[indices], normalized[indices] = relevance_from_logits(logits, self.head)
+            launched.append(launch(input_ids, attention_mask, token_type_ids))
             stats.append(
                 BatchStats(
                     pairs=len(indices),
                     real_tokens=int(pairs.lengths[indices].sum()),
                     padded_tokens=int(input_ids.size),
-                    seconds=time.perf_counter() - started,
                 )
             )
+        for indices, logits in zip(plan, fetch(launched)):
+            raw[indices], normalized[indices] = relevance_from_logits(logits, self.head)
         return PairScores(raw=raw, normalized=normalized, batches=stats)
 
     def describe(self) -> dict:
