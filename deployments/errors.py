@@ -17,6 +17,8 @@ class RerankerError(Exception):
     error_type = "internal"
     # Closed set of reasons for the failures metric.
     reason = "internal"
+    # Headers every response of this error carries.
+    headers: dict = {}
 
     def __init__(self, message: str, *, retry_after_s: Optional[float] = None):
         super().__init__(message)
@@ -34,6 +36,8 @@ class UnauthenticatedError(RerankerError):
     status_code = 401
     error_type = "unauthenticated"
     reason = "unauthenticated"
+    # RFC 6750: a 401 names the scheme the client should use.
+    headers = {"WWW-Authenticate": "Bearer"}
 
 
 class PayloadTooLargeError(RerankerError):
@@ -107,6 +111,7 @@ def error_body(exc: RerankerError, family: str) -> dict:
 
 
 def error_headers(exc: RerankerError) -> dict:
-    if exc.retry_after_s is None:
-        return {}
-    return {"Retry-After": str(max(1, int(round(exc.retry_after_s))))}
+    headers = dict(exc.headers)
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, int(round(exc.retry_after_s))))
+    return headers

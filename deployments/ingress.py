@@ -17,7 +17,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import DeploymentUnavailableError
@@ -47,6 +47,7 @@ from deployments.schemas import (
     CohereV1RerankRequest,
     CohereV2RerankRequest,
     ErrorBody,
+    NotReadyBody,
     ScoreRequest,
     ScoreResponse,
     TEIRank,
@@ -82,6 +83,19 @@ def local_path(scope) -> str:
     """The request path below the application's route prefix."""
     path, prefix = scope.get("path", ""), scope.get("root_path", "")
     return path[len(prefix):] or "/" if prefix and path.startswith(prefix) else path
+
+
+def cancel_quietly(responses) -> None:
+    """Cancels handle calls, best effort.
+
+    `DeploymentResponse.cancel()` re-raises the error of a call that already failed (a lost replica,
+    a deployment that failed to deploy); that must not replace the outcome being reported.
+    """
+    for response in responses:
+        try:
+            response.cancel()
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def route_family(path: str) -> str:
@@ -328,13 +342,7 @@ class Ingress:
                 f"The request did not finish within request_deadline_s ({s.request_deadline_s} s)."
             ) from None
         finally:
-            for response in responses:
-                # Best effort: cancel() re-raises the error of a call that already failed (such as a
-                # lost replica's part that was retried); that must not replace this request's outcome.
-                try:
-                    response.cancel()
-                except Exception:  # noqa: BLE001
-                    pass
+            cancel_quietly(responses)
         raw = np.concatenate([r.raw for r in results])
         normalized = np.concatenate([r.normalized for r in results])
         chunks = np.concatenate([r.chunks_per_doc for r in results])
@@ -516,7 +524,11 @@ class Ingress:
     async def health(self):
         return {"status": "ok"}
 
-    @app.get("/ready", summary="Readiness: 200 once a canary pair has been scored end to end")
+    @app.get(
+        "/ready",
+        responses={503: {"model": NotReadyBody}},
+        summary="Readiness: 200 once a canary pair has been scored end to end",
+    )
     async def ready_check(self, request: Request):
         try:
             await self.ensure_ready()
@@ -546,9 +558,7 @@ class Ingress:
                 self.ready = True
                 self.not_ready_reason = ""
         except Exception as exc:  # noqa: BLE001 - any failure means not ready; say why
-            for response in (encoded, scored):
-                if response is not None:
-                    response.cancel()
+            cancel_quietly(response for response in (encoded, scored) if response is not None)
             self.not_ready_reason = await self._deployment_problem() or f"Canary failed: {type(exc).__name__}."
 
     async def _deployment_problem(self) -> str:
@@ -600,7 +610,7 @@ class Ingress:
             "version": __version__,
         }
 
-    @app.get("/metrics", summary="Prometheus metrics of every replica on this node")
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics of every replica on this node")
     async def metrics(self):
         text = await asyncio.to_thread(node_metrics_text)
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")

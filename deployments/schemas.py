@@ -141,3 +141,10 @@ class CohereErrorBody(BaseModel):
     """Cohere and Jina routes' error body: Cohere's SDK reads `message`."""
 
     message: str
+
+
+class NotReadyBody(BaseModel):
+    """/ready's 503 body: why the model cannot score yet."""
+
+    status: Literal["not_ready"]
+    reason: str

@@ -1,0 +1,144 @@
+"""Soak test: steady closed-loop load for a bounded time; RSS of every Serve replica at start and end.
+
+A leak shows as RSS that keeps growing under constant load. The first minute warms allocators and
+caches, so growth is judged from the end of the warm-up to the end of the run, per replica.
+
+    python benchmarks/soak.py                  # 10 min, own local Ray, tiny model
+    python benchmarks/soak.py --minutes 3
+    python benchmarks/soak.py --url http://127.0.0.1:8000 --ray-address auto
+
+Writes benchmarks/SOAK_REPORT.md (override with --report) and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import random
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import load
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--warmup-s", type=float, default=60, help="excluded from the growth judgement")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--url", help="target a running app (127.0.0.1 only) instead of starting one")
+    parser.add_argument("--ray-address", help="with --url: Ray address to read replica RSS from")
+    parser.add_argument("--model", help="model directory for the local app (default: a tiny random model)")
+    parser.add_argument("--path", default="/rerank")
+    parser.add_argument("--min-docs", type=int, default=10)
+    parser.add_argument("--max-docs", type=int, default=100)
+    parser.add_argument("--timeout-s", type=float, default=60)
+    parser.add_argument("--sample-s", type=float, default=10)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--report", type=Path, default=Path(__file__).resolve().parent / "SOAK_REPORT.md")
+    return parser.parse_args(argv)
+
+
+async def steady_load(url: str, args, end: float, statuses: dict, latencies: list) -> None:
+    rng = random.Random(args.seed)
+    async with httpx.AsyncClient(base_url=url, timeout=args.timeout_s) as client:
+
+        async def worker() -> None:
+            while time.monotonic() < end:
+                body = load.make_request(rng, args.min_docs, args.max_docs)
+                started = time.perf_counter()
+                try:
+                    code = (await client.post(args.path, json=body)).status_code
+                except httpx.HTTPError:
+                    code = 0
+                statuses[code] = statuses.get(code, 0) + 1
+                if code == 200:
+                    latencies.append(time.perf_counter() - started)
+
+        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.url:
+        load.check_local(args.url)
+        url, model, with_ray = args.url.rstrip("/"), args.model or "(remote)", bool(args.ray_address)
+        if with_ray:
+            import ray
+
+            ray.init(address=args.ray_address, log_to_driver=False)
+    else:
+        # Fixed replicas would hide nothing here; serve_config.yaml's own autoscaling is kept.
+        url, model = load.start_local_service(args.model, upscale_delay_s=5, downscale_delay_s=60)
+        with_ray = True
+
+    samples: list[tuple[float, dict]] = []
+    stop = threading.Event()
+    started = time.monotonic()
+
+    def sampler() -> None:
+        while not stop.is_set():
+            if with_ray:
+                samples.append((time.monotonic() - started, load.rss_snapshot()))
+            stop.wait(args.sample_s)
+
+    thread = threading.Thread(target=sampler, daemon=True)
+    thread.start()
+    statuses: dict[int, int] = {}
+    latencies: list[float] = []
+    print(f"soak: {args.minutes} min at {args.concurrency} clients against {url}", flush=True)
+    asyncio.run(steady_load(url, args, started + args.minutes * 60, statuses, latencies))
+    stop.set()
+    thread.join(timeout=30)
+    if with_ray:
+        samples.append((time.monotonic() - started, load.rss_snapshot()))
+
+    lines = [
+        "# Soak test report",
+        "",
+        f"`benchmarks/soak.py`: {args.minutes:g} min of steady load, {args.concurrency} closed-loop clients, "
+        f"1 multilingual query x {args.min_docs}-{args.max_docs} passages, against `{url}` (model `{model}`).",
+        "",
+        f"Responses by status: {dict(sorted(statuses.items()))}; p50 / p99 of 200s: "
+        f"{load.percentile([x * 1000 for x in latencies], 50):.0f} / {load.percentile([x * 1000 for x in latencies], 99):.0f} ms.",
+        "",
+    ]
+    verdict_ok = True
+    if samples:
+        first, last = samples[0][1], samples[-1][1]
+        warm = next((s[1] for s in samples if s[0] >= args.warmup_s), last)
+        lines += [
+            f"RSS per Serve process (start: before load; warm: first sample after {args.warmup_s:.0f} s; end).",
+            "",
+            "| process | start (MiB) | warm (MiB) | end (MiB) | warm -> end |",
+            "|---|---|---|---|---|",
+        ]
+        for pid, (name, rss_end) in sorted(last.items(), key=lambda item: item[1][0]):
+            start_rss = first.get(pid, (name, float("nan")))[1]
+            warm_rss = warm.get(pid, (name, float("nan")))[1]
+            growth = (rss_end - warm_rss) / warm_rss * 100 if math.isfinite(warm_rss) and warm_rss else float("nan")
+            verdict_ok &= not growth > 10
+            lines.append(
+                f"| {name} (pid {pid}) | {start_rss / 2**20:.0f} | {warm_rss / 2**20:.0f} | {rss_end / 2**20:.0f} | {growth:+.1f}% |"
+            )
+        lines += ["", f"Every replica within 10% growth after the warm-up: **{'yes' if verdict_ok else 'NO'}**."]
+    args.report.write_text("\n".join(lines) + "\n")
+    print(args.report.read_text())
+    if not args.url:
+        import ray
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+    failures = sum(count for code, count in statuses.items() if code != 200)
+    return 0 if failures == 0 and verdict_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Helpers for tests that deploy extra applications beside the session's app and read its logs and metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from conftest import reranker_app
+
+SMALL_SCORER = {"num_cpus": 0.1, "num_gpus": 0}
+
+
+def small_app(
+    name: str,
+    route_prefix: str,
+    args: Optional[dict] = None,
+    env: Optional[dict] = None,
+    replicas: int = 1,
+    scorer_user_config: Optional[dict] = None,
+) -> dict:
+    """An application entry with a fixed replica count per deployment and a scorer of 0.1 CPU."""
+    app = reranker_app(name, route_prefix, args=args, env=env)
+    for deployment in app["deployments"]:
+        deployment.pop("autoscaling_config", None)
+        deployment["num_replicas"] = replicas
+        if deployment["name"] == "Scorer":
+            deployment["ray_actor_options"] = dict(SMALL_SCORER)
+            if scorer_user_config:
+                deployment["user_config"] = {**deployment.get("user_config", {}), **scorer_user_config}
+    return app
+
+
+def poll(predicate: Callable, timeout_s: float, what: str, interval_s: float = 0.5):
+    """Calls predicate until it returns something truthy; fails with the last value after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last: {last!r}")
+
+
+def app_running(name: str) -> bool:
+    from ray import serve
+
+    app = serve.status().applications.get(name)
+    return app is not None and app.status == "RUNNING"
+
+
+@contextmanager
+def deployed(cluster, apps: list[dict], wait: str = "ready", timeout_s: float = 150) -> Iterator[None]:
+    """Deploys apps beside the current ones, waits for each, and removes them afterwards.
+
+    wait="ready": /ready answers 200; wait="running": Serve reports the app RUNNING (for apps whose
+    canary is expected to fail).
+    """
+    names = []
+    try:
+        for app in apps:
+            cluster.add_app(app)
+            names.append(app["name"])
+        for app in apps:
+            if wait == "ready":
+                cluster.wait_ready(app["route_prefix"], timeout_s=timeout_s)
+            else:
+                poll(lambda: app_running(app["name"]), timeout_s, f"app {app['name']} to be RUNNING")
+        yield
+    finally:
+        for name in reversed(names):
+            cluster.remove_app(name)
+
+
+def logs_dir() -> Path:
+    """The log directory of this test session's Ray."""
+    import ray
+
+    return Path(ray._private.worker._global_node.get_logs_dir_path())
+
+
+def replica_log_lines(app: str, deployment: str) -> list[dict]:
+    """Every JSON line of the Serve replica logs of one deployment of one application."""
+    lines = []
+    for path in sorted((logs_dir() / "serve").glob(f"replica_{app}_{deployment}_*.log")):
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.strip():
+                lines.append(json.loads(line))
+    return lines
+
+
+def files_containing(needles: list[str], root: Optional[Path] = None) -> dict[str, list[str]]:
+    """For each needle, the log files (relative paths) whose bytes contain it."""
+    root = root or logs_dir()
+    encoded = {needle: needle.encode("utf-8") for needle in needles}
+    found: dict[str, list[str]] = {needle: [] for needle in needles}
+    for dirpath, _, filenames in os.walk(root):
+        for filename in filenames:
+            path = Path(dirpath) / filename
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            for needle, raw in encoded.items():
+                if raw in data:
+                    found[needle].append(str(path.relative_to(root)))
+    return found
+
+
+def metric_samples(text: str, name: str, **labels) -> list:
+    """Samples named `name` (e.g. 'ray_reranker_requests_total') whose labels include `labels`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = []
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                out.append(sample)
+    return out
+
+
+def metric_sum(text: str, name: str, **labels) -> float:
+    return sum(sample.value for sample in metric_samples(text, name, **labels))
