@@ -7,7 +7,7 @@ come from `error_body`, so there is one error path.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import ClassVar, Optional
 
 
 class RerankerError(Exception):
@@ -18,7 +18,7 @@ class RerankerError(Exception):
     # Closed set of reasons for the failures metric.
     reason = "internal"
     # Headers every response of this error carries.
-    headers: dict = {}
+    headers: ClassVar[dict[str, str]] = {}
 
     def __init__(self, message: str, *, retry_after_s: Optional[float] = None):
         super().__init__(message)
@@ -37,7 +37,7 @@ class UnauthenticatedError(RerankerError):
     error_type = "unauthenticated"
     reason = "unauthenticated"
     # RFC 6750: a 401 names the scheme the client should use.
-    headers = {"WWW-Authenticate": "Bearer"}
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": "Bearer"}
 
 
 class PayloadTooLargeError(RerankerError):

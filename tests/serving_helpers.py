@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 from conftest import reranker_app
 
@@ -17,10 +17,10 @@ SMALL_SCORER = {"num_cpus": 0.1, "num_gpus": 0}
 def small_app(
     name: str,
     route_prefix: str,
-    args: Optional[dict] = None,
-    env: Optional[dict] = None,
+    args: dict | None = None,
+    env: dict | None = None,
     replicas: int = 1,
-    scorer_user_config: Optional[dict] = None,
+    scorer_user_config: dict | None = None,
 ) -> dict:
     """An application entry with a fixed replica count per deployment and a scorer of 0.1 CPU."""
     app = reranker_app(name, route_prefix, args=args, env=env)
@@ -69,7 +69,7 @@ def deployed(cluster, apps: list[dict], wait: str = "ready", timeout_s: float = 
             if wait == "ready":
                 cluster.wait_ready(app["route_prefix"], timeout_s=timeout_s)
             else:
-                poll(lambda: app_running(app["name"]), timeout_s, f"app {app['name']} to be RUNNING")
+                poll(lambda name=app["name"]: app_running(name), timeout_s, f"app {app['name']} to be RUNNING")
         yield
     finally:
         for name in reversed(names):
@@ -93,7 +93,7 @@ def replica_log_lines(app: str, deployment: str) -> list[dict]:
     return lines
 
 
-def files_containing(needles: list[str], root: Optional[Path] = None) -> dict[str, list[str]]:
+def files_containing(needles: list[str], root: Path | None = None) -> dict[str, list[str]]:
     """For each needle, the log files (relative paths) whose bytes contain it."""
     root = root or logs_dir()
     encoded = {needle: needle.encode("utf-8") for needle in needles}

@@ -1,0 +1,161 @@
+"""API keys: `RERANKER_API_KEYS` guards the rerank and score routes only (tier 3, plus one code-level check)."""
+
+from __future__ import annotations
+
+import uuid
+from types import SimpleNamespace
+
+import httpx
+import pytest
+from serving_helpers import deployed, files_containing, logs_dir, small_app
+
+serving = pytest.mark.serving
+
+QUERY = "what is the capital of france"
+TEXTS = ["paris is the capital and most populous city of france", "berlin ist die hauptstadt von deutschland"]
+ENV_KEYS = ["key-one", "key-two"]
+# Unique, so a search of every log file of the session finds only leaks of these.
+FILE_KEYS = [f"file-key-{uuid.uuid4().hex}", f"file-key-{uuid.uuid4().hex}"]
+
+GUARDED = {
+    "/rerank": {"query": QUERY, "texts": TEXTS},
+    "/v1/rerank": {"query": QUERY, "documents": TEXTS},
+    "/v2/rerank": {"query": QUERY, "documents": TEXTS},
+    "/score": {"pairs": [[QUERY, TEXTS[0]]]},
+}
+
+
+@pytest.fixture(scope="module")
+def keyed_apps(serve_cluster, tmp_path_factory):
+    """'keys': keys from a comma-separated variable; 'keyfile': keys from a file, one per line."""
+    key_file = tmp_path_factory.mktemp("keys") / "api_keys.txt"
+    key_file.write_text(f"# one key per line\n{FILE_KEYS[0]}\n\n  {FILE_KEYS[1]}  \n", encoding="utf-8")
+    apps = [
+        small_app("keys", "/keys", env={"RERANKER_API_KEYS": ",".join(ENV_KEYS)}),
+        small_app("keyfile", "/keyfile", env={"RERANKER_API_KEYS": str(key_file)}),
+    ]
+    with deployed(serve_cluster, apps):
+        yield {"keys": f"{serve_cluster.url}/keys", "keyfile": f"{serve_cluster.url}/keyfile"}
+
+
+def assert_unauthenticated(response: httpx.Response, route: str) -> None:
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"] == "Bearer"
+    body = response.json()
+    if route in ("/rerank", "/score"):
+        assert body["error_type"] == "unauthenticated" and set(body) == {"error", "error_type"}
+    else:
+        assert set(body) == {"message"} and "API key" in body["message"]
+
+
+@serving
+@pytest.mark.parametrize("route", list(GUARDED))
+def test_guarded_routes_need_a_bearer_key(keyed_apps, route):
+    url = keyed_apps["keys"] + route
+    body = GUARDED[route]
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong-key"},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Basic key-one"},
+        {"Authorization": "key-one"},
+        {"Authorization": "Bearer key-one-and-more"},
+        {"Authorization": "Bearer key-on"},
+    ):
+        assert_unauthenticated(httpx.post(url, json=body, headers=headers, timeout=60), route)
+    for key in ENV_KEYS:
+        response = httpx.post(url, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+        assert response.status_code == 200, response.text
+    # The scheme is case-insensitive (RFC 7235).
+    assert httpx.post(url, json=body, headers={"Authorization": "bearer key-two"}, timeout=60).status_code == 200
+
+
+@serving
+def test_auth_is_checked_before_validation(keyed_apps):
+    """Without a key, a bad body is still 401: nothing about the request is judged first."""
+    assert_unauthenticated(httpx.post(keyed_apps["keys"] + "/rerank", json={"query": QUERY, "texts": []}, timeout=60), "/rerank")
+
+
+@serving
+def test_operations_routes_stay_open(keyed_apps):
+    base = keyed_apps["keys"]
+    assert httpx.get(base + "/health", timeout=60).json() == {"status": "ok"}
+    assert httpx.get(base + "/ready", timeout=60).status_code == 200
+    metrics = httpx.get(base + "/metrics", timeout=60)
+    assert metrics.status_code == 200 and "ray_reranker_requests_total" in metrics.text
+
+
+@serving
+def test_cohere_sdk_with_an_api_key(keyed_apps, tiny_model_dir):
+    import cohere
+
+    base = keyed_apps["keys"]
+    v1 = cohere.Client(api_key="key-one", base_url=base)
+    assert len(v1.rerank(query=QUERY, documents=TEXTS, model=str(tiny_model_dir)).results) == 2
+    v2 = cohere.ClientV2(api_key="key-two", base_url=base)
+    assert len(v2.rerank(model=str(tiny_model_dir), query=QUERY, documents=TEXTS, top_n=1).results) == 1
+    for client in (cohere.Client(api_key="not-a-key", base_url=base), cohere.ClientV2(api_key="not-a-key", base_url=base)):
+        with pytest.raises(cohere.core.api_error.ApiError) as error:
+            client.rerank(model=str(tiny_model_dir), query=QUERY, documents=TEXTS)
+        assert error.value.status_code == 401
+
+
+@serving
+def test_keys_from_a_file(keyed_apps):
+    url = keyed_apps["keyfile"] + "/v2/rerank"
+    body = GUARDED["/v2/rerank"]
+    for key in FILE_KEYS:
+        assert httpx.post(url, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60).status_code == 200
+    for wrong in ("key-one", "# one key per line", "one"):
+        assert_unauthenticated(httpx.post(url, json=body, headers={"Authorization": f"Bearer {wrong}"}, timeout=60), "/v2/rerank")
+
+
+@serving
+def test_keys_never_reach_the_logs(keyed_apps):
+    # Requests with right and wrong keys, on every guarded route, then a look at every log file.
+    for base, keys in ((keyed_apps["keys"], ENV_KEYS), (keyed_apps["keyfile"], FILE_KEYS)):
+        for route, body in GUARDED.items():
+            for key in keys + ["wrong-" + keys[0]]:
+                httpx.post(base + route, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+    # Ray's own logs may record the application's runtime_env (which holds the comma-separated keys),
+    # so those are searched where requests are handled: the proxy's and replicas' logs. The file's
+    # keys appear in no configuration, so every file of the session is searched for them.
+    import time
+
+    time.sleep(1.5)
+    leaks = files_containing(FILE_KEYS + ["wrong-" + FILE_KEYS[0]])
+    assert not any(leaks.values()), leaks
+    serve_logs = logs_dir() / "serve"
+    leaks = files_containing(ENV_KEYS + ["wrong-key-one"], serve_logs)
+    handled = {k: [f for f in v if f.startswith(("proxy_", "replica_"))] for k, v in leaks.items()}
+    assert not any(handled.values()), handled
+
+
+def test_keys_are_compared_in_constant_time_against_every_key(monkeypatch):
+    """Code-level: hmac.compare_digest against every configured key, whether or not one matches."""
+    from deployments import ingress
+
+    calls = []
+
+    def compare(a, b):
+        calls.append((a, b))
+        return a == b
+
+    monkeypatch.setattr(ingress.hmac, "compare_digest", compare)
+    check_auth = ingress.Ingress.func_or_class.check_auth
+    keys = [b"key-one", b"key-two", b"key-three"]
+    owner = SimpleNamespace(api_keys=keys)
+
+    def request(header):
+        return SimpleNamespace(headers={"authorization": header} if header is not None else {})
+
+    check_auth(owner, request("Bearer key-one"))  # matches the first key, still compared with all three
+    assert [b for _, b in calls] == keys and all(a == b"key-one" for a, _ in calls)
+    for header in ("Bearer nope", None, "Basic key-one"):
+        calls.clear()
+        with pytest.raises(ingress.UnauthenticatedError):
+            check_auth(owner, request(header))
+        assert [b for _, b in calls] == keys
+    calls.clear()
+    check_auth(SimpleNamespace(api_keys=[]), request(None))  # no keys configured: open
+    assert calls == []

@@ -1,0 +1,73 @@
+"""A real Prometheus scrapes the app's `/metrics` and a PromQL query counts the requests sent (tier 3)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from prometheus_server import PrometheusServer, find_prometheus
+from serving_helpers import metric_sum, poll
+
+pytestmark = [pytest.mark.serving, pytest.mark.monitoring]
+
+APP = "reranker"
+N = 7
+SELECTOR = f'ray_reranker_requests_total{{application="{APP}",route="/score",status_code="200"}}'
+PROMQL = f"sum by (application) ({SELECTOR})"
+
+
+def direct_value(http) -> float:
+    return metric_sum(http.get("/metrics").text, "ray_reranker_requests_total", application=APP, route="/score", status_code="200")
+
+
+def settled_direct_value(http, timeout_s: float = 30) -> float:
+    """The counter as /metrics shows it, once three reads 1.2 s apart agree."""
+    values = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        values = (values + [direct_value(http)])[-3:]
+        if len(values) == 3 and len(set(values)) == 1:
+            return values[0]
+        time.sleep(1.2)
+    raise AssertionError(f"/metrics did not settle in {timeout_s}s: {values}")
+
+
+def prometheus_value(prom: PrometheusServer) -> float | None:
+    result = prom.query(PROMQL)
+    return float(result[0]["value"][1]) if result else None
+
+
+def wait_for_prometheus(prom: PrometheusServer, value: float, timeout_s: float = 60) -> None:
+    """Polls the PromQL query until it returns `value`; on timeout says how the scrape target fares."""
+    try:
+        poll(lambda: prometheus_value(prom) == value, timeout_s, f"Prometheus to return {value}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; got {prometheus_value(prom)}; targets: {prom.targets()}") from None
+
+
+@pytest.mark.timeout(180)
+def test_prometheus_counts_the_requests(serve_cluster, http):
+    binary = find_prometheus()
+    if binary is None:
+        pytest.skip("the prometheus binary is not installed (apt-get install prometheus, or set PROMETHEUS_BIN)")
+    # One request first, so the series exists before Prometheus's first scrape.
+    assert http.post("/score", json={"pairs": [["warm up", "paris"]]}).status_code == 200
+    poll(lambda: direct_value(http) >= 1, 30, "the warm-up request in /metrics")
+    before = settled_direct_value(http)
+
+    # Scrapes every 2 s with a 2 s timeout: /metrics reads the node agent, which is slow on a busy machine.
+    target = f"127.0.0.1:{serve_cluster.http_port}"
+    with PrometheusServer(target=target, metrics_path="/metrics", scrape_interval_s=2, binary=binary) as prom:
+        wait_for_prometheus(prom, before)
+        (target,) = prom.targets()
+        assert target["health"] == "up", target
+
+        for i in range(N):
+            response = http.post("/score", json={"pairs": [[f"query {i}", "paris is the capital of france"]]})
+            assert response.status_code == 200, response.text
+        after = before + N
+        poll(lambda: direct_value(http) == after, 30, f"/metrics to count {N} more requests")
+        wait_for_prometheus(prom, after)
+        # The same answer from a range function over the scraped samples.
+        increase = prom.query(f"sum by (application) (max_over_time({SELECTOR}[5m]) - min_over_time({SELECTOR}[5m]))")
+        assert float(increase[0]["value"][1]) == N
