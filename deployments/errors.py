@@ -20,10 +20,11 @@ class RerankerError(Exception):
     # Headers every response of this error carries.
     headers: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, message: str, *, retry_after_s: Optional[float] = None):
+    def __init__(self, message: str, *, retry_after_s: Optional[float] = None, headers: Optional[dict] = None):
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s
+        self.headers = {**type(self).headers, **(headers or {})}
 
 
 class EmptyInputError(RerankerError):
@@ -38,6 +39,18 @@ class UnauthenticatedError(RerankerError):
     reason = "unauthenticated"
     # RFC 6750: a 401 names the scheme the client should use.
     headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": "Bearer"}
+
+
+class RouteNotFoundError(RerankerError):
+    status_code = 404
+    error_type = "not_found"
+    reason = "validation"
+
+
+class MethodNotAllowedError(RerankerError):
+    status_code = 405
+    error_type = "method_not_allowed"
+    reason = "validation"
 
 
 class PayloadTooLargeError(RerankerError):
@@ -87,6 +100,9 @@ class ModelLoadError(RerankerError):
 class SettingsError(ValueError):
     """A setting has an invalid value; raised at start-up with the setting's name."""
 
+
+# Framework-level HTTP errors (unknown route, wrong method) in the same bodies.
+HTTP_ERRORS = {404: RouteNotFoundError, 405: MethodNotAllowedError}
 
 FAILURE_REASONS = (
     "empty",

@@ -15,7 +15,6 @@ from typing import Optional
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ray import serve
@@ -27,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from deployments import __version__
 from deployments.batching import split_documents
 from deployments.errors import (
+    HTTP_ERRORS,
     INTERNAL_ERROR_MESSAGE,
     DeadlineExceededError,
     EmptyInputError,
@@ -60,7 +60,7 @@ from deployments.tokenization import PairRequest
 logger = logging.getLogger("ray.serve")
 
 REPLICA_LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
-AUTHENTICATED_PREFIXES = ("/rerank", "/v1/rerank", "/v2/rerank", "/score")
+AUTHENTICATED_ROUTES = {"/rerank", "/v1/rerank", "/v2/rerank", "/score"}
 # Lone UTF-16 surrogates: JSON escapes like \ud800 decode to them, and no tokenizer accepts them.
 UNPAIRED_SURROGATE = re.compile("[\ud800-\udfff]")
 # Characters per token, pessimistic for multilingual text; only used to size sub-requests.
@@ -98,6 +98,20 @@ def cancel_quietly(responses) -> None:
             pass
 
 
+def check_api_key(authorization: str, keys: list[bytes]) -> None:
+    """Raises UnauthenticatedError unless `Authorization: Bearer <key>` names one of `keys`.
+
+    Every key is compared, always, in constant time, so timing does not reveal which one nearly matched.
+    """
+    scheme, _, token = authorization.partition(" ")
+    presented = token.strip().encode("utf-8") if scheme.lower() == "bearer" else b""
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(presented, key)
+    if not matched:
+        raise UnauthenticatedError("Missing or invalid API key: send 'Authorization: Bearer <key>'.")
+
+
 def route_family(path: str) -> str:
     return "cohere" if path.startswith(("/v1/", "/v2/")) else "tei"
 
@@ -109,9 +123,10 @@ def error_response(exc: RerankerError, path: str) -> JSONResponse:
 class RequestContextMiddleware:
     """Per request: id, body-size limit, in-flight gauge, metrics and one JSON access-log line."""
 
-    def __init__(self, app, max_body_bytes_getter):
+    def __init__(self, app, replica_config: dict):
         self.app = app
-        self.max_body_bytes = max_body_bytes_getter
+        # Filled by the Ingress replica's constructor: max_body_bytes and api_keys.
+        self.replica_config = replica_config
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -125,7 +140,7 @@ class RequestContextMiddleware:
         path = local_path(scope)
         route = path if path in ROUTES else "other"
         status = {"code": 500}
-        limit = self.max_body_bytes()
+        limit = self.replica_config["max_body_bytes"]
         metrics = ingress_metrics()
         _in_flight["count"] += 1
         metrics.in_flight.set(_in_flight["count"])
@@ -146,11 +161,10 @@ class RequestContextMiddleware:
             return message
 
         try:
-            declared = headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > limit:
-                exc = PayloadTooLargeError(f"Request body exceeds max_body_bytes ({limit} bytes).")
-                state["failure_reason"] = exc.reason
-                await error_response(exc, path)(scope, receive, send_wrapper)
+            rejection = self.reject_before_body(path, headers, limit)
+            if rejection is not None:
+                state["failure_reason"] = rejection.reason
+                await error_response(rejection, path)(scope, receive, send_wrapper)
             else:
                 try:
                     await self.app(scope, receive_wrapper, send_wrapper)
@@ -180,6 +194,20 @@ class RequestContextMiddleware:
                     }
                 )
             )
+
+
+    def reject_before_body(self, path: str, headers: dict, limit: int) -> Optional[RerankerError]:
+        """API key and declared body size, checked before the body is read or validated."""
+        keys = self.replica_config["api_keys"]
+        if keys and path in AUTHENTICATED_ROUTES:
+            try:
+                check_api_key(headers.get("authorization", ""), keys)
+            except UnauthenticatedError as exc:
+                return exc
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return PayloadTooLargeError(f"Request body exceeds max_body_bytes ({limit} bytes).")
+        return None
 
 
 def reason_for_status(code: int) -> str:
@@ -222,11 +250,15 @@ async def _http_error(request: Request, exc: StarletteHTTPException):
         error = ValidationError("Invalid request: the body is not valid UTF-8 JSON.")
         request.state.failure_reason = error.reason
         return error_response(error, local_path(request.scope))
-    return await http_exception_handler(request, exc)
+    error = HTTP_ERRORS.get(exc.status_code, RerankerError)(
+        f"{request.method} {local_path(request.scope)}: {exc.detail}", headers=exc.headers
+    )
+    request.state.failure_reason = error.reason
+    return error_response(error, local_path(request.scope))
 
 
-_limits = {"max_body_bytes": RerankerSettings().max_body_bytes}
-app.add_middleware(RequestContextMiddleware, max_body_bytes_getter=lambda: _limits["max_body_bytes"])
+_replica_config = {"max_body_bytes": RerankerSettings().max_body_bytes, "api_keys": []}
+app.add_middleware(RequestContextMiddleware, replica_config=_replica_config)
 
 TEI_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 413, 422, 429, 503, 504)}
 COHERE_ERRORS = {code: {"model": CohereErrorBody} for code in (400, 401, 413, 422, 429, 503, 504)}
@@ -242,28 +274,16 @@ class Ingress:
         self.tokenizer = tokenizer
         self.scorer = scorer
         self.settings = settings
-        self.api_keys = [key.encode("utf-8") for key in load_api_keys()]
         self.model_names = {settings.model, settings.model.rstrip("/").split("/")[-1], *settings.model_aliases}
         self.ready = False
         self.not_ready_reason = "The model has not scored a canary pair yet."
         self._canary_lock = asyncio.Lock()
-        _limits["max_body_bytes"] = settings.max_body_bytes
+        _replica_config.update(
+            max_body_bytes=settings.max_body_bytes, api_keys=[key.encode("utf-8") for key in load_api_keys()]
+        )
         ingress_metrics()
 
     # ----- helpers -------------------------------------------------------------------------
-
-    def check_auth(self, request: Request) -> None:
-        if not self.api_keys:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        presented = token.strip().encode("utf-8") if scheme.lower() == "bearer" else b""
-        # Compare against every key, always, so timing does not reveal which key nearly matched.
-        matched = False
-        for key in self.api_keys:
-            matched |= hmac.compare_digest(presented, key)
-        if not matched:
-            raise UnauthenticatedError("Missing or invalid API key: send 'Authorization: Bearer <key>'.")
 
     def check_model(self, model: Optional[str]) -> None:
         if model is not None and model not in self.model_names:
@@ -405,7 +425,6 @@ class Ingress:
     )
     async def rerank_tei(self, request: Request, body: TEIRerankRequest):
         async def handle():
-            self.check_auth(request)
             self.check_texts([body.query], body.texts)
             raw, normalized, _, _, truncated = await self.score_documents(
                 request,
@@ -450,7 +469,6 @@ class Ingress:
         return await self.run(request, lambda: self.rerank_cohere(request, body, api_version="2"))
 
     async def rerank_cohere(self, request: Request, body, api_version: str):
-        self.check_auth(request)
         self.check_model(body.model)
         texts = [document_text(doc, body.rank_fields, index) for index, doc in enumerate(body.documents)]
         self.check_texts([body.query], texts)
@@ -495,7 +513,6 @@ class Ingress:
     )
     async def score_pairs(self, request: Request, body: ScoreRequest):
         async def handle():
-            self.check_auth(request)
             queries, documents = score_request_pairs(body)
             unique = list(dict.fromkeys(queries))
             position = {query: i for i, query in enumerate(unique)}

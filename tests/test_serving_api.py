@@ -160,3 +160,12 @@ def test_cohere_sdk_clients(serve_cluster, tiny_model_dir):
     with pytest.raises(cohere.core.api_error.ApiError) as error:
         v2.rerank(model="some-other-model", query=QUERY, documents=TEXTS)
     assert error.value.status_code == 422 and str(tiny_model_dir) in str(error.value.body)
+
+
+def test_unknown_route_and_wrong_method_use_the_family_error_body(http):
+    missing = http.get("/nope")
+    assert missing.status_code == 404
+    assert missing.json()["error_type"] == "not_found" and "/nope" in missing.json()["error"]
+    wrong = http.get("/v1/rerank")
+    assert wrong.status_code == 405
+    assert set(wrong.json()) == {"message"} and "POST" in wrong.headers["allow"]
