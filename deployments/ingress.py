@@ -112,6 +112,16 @@ def check_api_key(authorization: str, keys: list[bytes]) -> None:
         raise UnauthenticatedError("Missing or invalid API key: send 'Authorization: Bearer <key>'.")
 
 
+def check_text(text: str, label: str, max_chars: int, limit_name: str) -> None:
+    """One query or document against its character limit and for text a tokenizer cannot take."""
+    if len(text) > max_chars:
+        raise PayloadTooLargeError(f"{label} has {len(text)} characters; {limit_name} is {max_chars}.")
+    if "\x00" in text:
+        raise ValidationError(f"{label} contains a null byte.")
+    if UNPAIRED_SURROGATE.search(text):
+        raise ValidationError(f"{label} contains an unpaired UTF-16 surrogate (invalid Unicode).")
+
+
 def route_family(path: str) -> str:
     return "cohere" if path.startswith(("/v1/", "/v2/")) else "tei"
 
@@ -303,21 +313,9 @@ class Ingress:
         for query in query_texts:
             if not query.strip():
                 raise EmptyInputError("The query is empty.")
-            if len(query) > s.max_query_chars:
-                raise PayloadTooLargeError(f"Query of {len(query)} characters exceeds max_query_chars ({s.max_query_chars}).")
-            if "\x00" in query:
-                raise ValidationError("The query contains a null byte.")
-            if UNPAIRED_SURROGATE.search(query):
-                raise ValidationError("The query contains an unpaired UTF-16 surrogate (invalid Unicode).")
+            check_text(query, "The query", s.max_query_chars, "max_query_chars")
         for index, text in enumerate(documents):
-            if len(text) > s.max_document_chars:
-                raise PayloadTooLargeError(
-                    f"Document {index} has {len(text)} characters; max_document_chars is {s.max_document_chars}."
-                )
-            if "\x00" in text:
-                raise ValidationError(f"Document {index} contains a null byte.")
-            if UNPAIRED_SURROGATE.search(text):
-                raise ValidationError(f"Document {index} contains an unpaired UTF-16 surrogate (invalid Unicode).")
+            check_text(text, f"Document {index}", s.max_document_chars, "max_document_chars")
 
     def deadline(self) -> float:
         return time.monotonic() + self.settings.request_deadline_s
