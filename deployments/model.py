@@ -153,8 +153,12 @@ class ModelScorer:
         self.batching = batching
 
     def warm_up(self) -> None:
-        """One tiny forward pass, so the first request does not pay for lazy initialization."""
-        self.forward_logits(np.array([[101, 102, 102]], np.int32), np.ones((1, 3), np.int32), np.zeros((1, 3), np.int32))
+        """One tiny forward pass, so the first request does not pay for lazy initialization.
+
+        Token id 0 exists in every vocabulary; the scores are thrown away.
+        """
+        ids = np.zeros((1, 3), np.int32)
+        self.forward_logits(ids, np.ones_like(ids), ids)
 
     def forward_logits(self, input_ids, attention_mask, token_type_ids) -> np.ndarray:
         return self.backend.forward_logits(input_ids, attention_mask, token_type_ids)

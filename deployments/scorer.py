@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from ray import serve
 
-from deployments.batching import max_by_doc, split_by_budget, unbatch
+from deployments.batching import max_by_doc, padded_tokens, split_by_budget, unbatch
 from deployments.metrics import ScorerMetrics
 from deployments.settings import BatchSettings, RerankerSettings
 from deployments.tokenization import EncodedPairs
@@ -43,8 +43,7 @@ def batch_padded_tokens(items: list[ScoreItem]) -> int:
     An exception here would stall Ray's batcher (ray#66140), so any failure counts as 0.
     """
     try:
-        longest = max(int(item.pairs.lengths.max()) for item in items if item.pairs.num_pairs)
-        return longest * sum(item.pairs.num_pairs for item in items)
+        return padded_tokens(np.concatenate([item.pairs.lengths for item in items]))
     except Exception:  # noqa: BLE001 - must never raise, see docstring
         return 0
 

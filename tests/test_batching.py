@@ -134,3 +134,27 @@ def test_unbatch_gives_each_caller_its_slice():
     assert [p.tolist() for p in parts] == [[0], [1, 2, 3], [4, 5]]
     assert [p.tolist() for p in unbatch(np.arange(2), [0, 2])] == [[], [0, 1]]
     assert unbatch(np.zeros(0), []) == []
+
+
+def test_serve_batch_size_fn_counts_padded_tokens_and_never_raises():
+    """Serve's batch_size_fn: longest pair x pairs over all queued parts; garbage counts as 0."""
+    from deployments.scorer import ScoreItem, batch_padded_tokens
+
+    def item(lengths):
+        lengths = np.asarray(lengths, np.int32)
+        return ScoreItem(
+            EncodedPairs(
+                input_ids=np.zeros(int(lengths.sum()), np.int32),
+                token_type_ids=np.zeros(int(lengths.sum()), np.int8),
+                lengths=lengths,
+                doc_index=np.arange(len(lengths), dtype=np.int32),
+                num_docs=len(lengths),
+            ),
+            enqueued_at=0.0,
+        )
+
+    assert batch_padded_tokens([item([10, 30]), item([20])]) == 30 * 3
+    assert batch_padded_tokens([item([7])]) == 7
+    # An exception here would stall Ray's batcher, so bad input counts as 0 instead.
+    assert batch_padded_tokens([None]) == 0
+    assert batch_padded_tokens([]) == 0
