@@ -146,7 +146,7 @@ class RequestContextMiddleware:
         # Ray Serve's proxy puts the client's X-Request-ID (or a new id) in the scope and echoes it back.
         request_id = headers.get("x-request-id") or uuid.uuid4().hex
         state = scope.setdefault("state", {})
-        state.update(request_id=request_id, passages=0, tokens=0, failure_reason=None)
+        state.update(request_id=request_id, passages=0, tokens=0, failure_reason=None, text=None)
         path = local_path(scope)
         route = path if path in ROUTES else "other"
         status = {"code": 500}
@@ -201,7 +201,9 @@ class RequestContextMiddleware:
                         "latency_ms": round(elapsed * 1000, 2),
                         "passages": state.get("passages", 0),
                         "tokens": state.get("tokens", 0),
-                    }
+                        **({"text": state["text"]} if state.get("text") else {}),
+                    },
+                    ensure_ascii=False,
                 )
             )
 
@@ -368,6 +370,8 @@ class Ingress:
         truncated = any(r.query_truncated for r in results)
         request.state.passages = len(pair_request.passages)
         request.state.tokens = tokens
+        if self.settings.log_text:  # a debug setting: text stays out of logs otherwise
+            request.state.text = {"queries": pair_request.queries, "passages": pair_request.passages}
         for count in chunks.tolist():
             ingress_metrics().chunks_per_document.observe(count)
         return raw, normalized, chunks, tokens, truncated

@@ -58,7 +58,8 @@ class Scorer:
         self.metrics = ScorerMetrics()
         self.core = ModelScorer(settings)
         self.metrics.model_load_seconds.set(self.core.load_seconds)
-        self.reconfigure(settings.batch_settings().model_dump())
+        # The core resolved the device's batch defaults; user_config, if any, arrives next.
+        self.reconfigure({})
 
     def reconfigure(self, user_config: dict) -> None:
         """Applies max_batch_tokens, max_batch_size and batch_wait_timeout_s without a restart."""

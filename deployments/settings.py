@@ -20,9 +20,10 @@ class BatchSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # Padded tokens (longest pair x pairs) in one forward pass, and in one Serve batch window.
+    # Where unset, the scorer uses its device's default (deployments/model.py DEVICE_BATCH_DEFAULTS).
     max_batch_tokens: int = Field(4096, ge=1)
     # Pairs in one forward pass.
-    max_batch_size: int = Field(16, ge=1)
+    max_batch_size: int = Field(8, ge=1)
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
 
 

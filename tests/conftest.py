@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # Tests never download anything.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The CPU scorer exports ONNX files of each tiny model; keep them out of ~/.cache. Set before
+# Ray starts, so every replica of the session inherits it.
+_ONNX_CACHE = tempfile.mkdtemp(prefix="reranker-onnx-")
+atexit.register(shutil.rmtree, _ONNX_CACHE, ignore_errors=True)
+os.environ.setdefault("RERANKER_ONNX_CACHE_DIR", _ONNX_CACHE)
 
 from tiny_models import save_tiny_model  # noqa: E402
 

@@ -177,3 +177,19 @@ def test_access_log_for_errors(http):
     assert response.status_code == 400
     (access,) = poll(lambda: access_lines("reranker", request_id), 20, "the access line of a failed request")
     assert access["route"] == "/v1/rerank" and access["status"] == 400 and access["passages"] == 0
+
+
+def test_log_text_debug_setting_logs_the_text(serve_cluster):
+    """Text reaches the access log only when the `log_text` debug setting is on."""
+    marker = f"xxmarker{uuid.uuid4().hex}"
+    request_id = f"req-{uuid.uuid4().hex}"
+    with deployed(serve_cluster, [small_app("logtext", "/logtext", args={"log_text": True})]):
+        response = httpx.post(
+            f"{serve_cluster.url}/logtext/rerank",
+            json={"query": marker, "texts": ["paris", "東京"]},
+            headers={"X-Request-ID": request_id},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        (access,) = poll(lambda: access_lines("logtext", request_id), 20, "the access line with text")
+    assert access["text"] == {"queries": [marker], "passages": ["paris", "東京"]}

@@ -64,11 +64,19 @@ def test_three_labels_without_relevant_label(tiny_model_dir_3label):
 
 
 def test_scorer_describes_what_it_loaded(tiny_model_dir_1label):
-    scorer = ModelScorer(RerankerSettings(model=str(tiny_model_dir_1label), device="cpu"))
+    scorer = ModelScorer(RerankerSettings(model=str(tiny_model_dir_1label), device="cpu", backend="torch"))
     described = scorer.describe()
     assert (described["device"], described["dtype"], described["num_labels"]) == ("cpu", "float32", 1)
     assert described["max_length"] == 512 and "sigmoid" in described["score"]
     assert scorer.backend.accepts_token_type_ids
+
+
+def test_cpu_defaults_are_onnx_and_the_cpu_batch_budget(tiny_model_dir):
+    scorer = ModelScorer(RerankerSettings(model=str(tiny_model_dir), device="cpu"))
+    assert scorer.describe()["backend"] == "onnx"
+    assert (scorer.batching.max_batch_size, scorer.batching.max_batch_tokens) == (8, 4096)
+    explicit = ModelScorer(RerankerSettings(model=str(tiny_model_dir), device="cpu", max_batch_size=3))
+    assert (explicit.batching.max_batch_size, explicit.batching.max_batch_tokens) == (3, 4096)
 
 
 def test_half_precision_on_cpu_is_refused(tiny_model_dir):

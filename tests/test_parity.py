@@ -57,8 +57,8 @@ class Reference:
 class Ours:
     """This project's path: PairEncoder (torch-free tokenizer) then ModelScorer."""
 
-    def __init__(self, model_dir):
-        self.scorer = ModelScorer(RerankerSettings(model=str(model_dir), device="cpu"))
+    def __init__(self, model_dir, backend="auto"):
+        self.scorer = ModelScorer(RerankerSettings(model=str(model_dir), device="cpu", backend=backend))
         self.encoder = PairEncoder(load_tokenizer(str(model_dir)), max_length=512, max_query_tokens=256)
 
     def score(self, query, passages, **options):
@@ -66,10 +66,16 @@ class Ours:
         return encoded, self.scorer.score_pairs(encoded)
 
 
-@pytest.fixture(scope="module", params=["tiny_model_dir", "tiny_model_dir_1label"], ids=["2labels", "1label"])
+@pytest.fixture(
+    scope="module",
+    params=[("tiny_model_dir", "auto"), ("tiny_model_dir_1label", "auto"), ("tiny_model_dir", "torch"), ("tiny_model_dir_1label", "torch")],
+    ids=["2labels-cpu-default", "1label-cpu-default", "2labels-torch", "1label-torch"],
+)
 def models(request):
-    model_dir = request.getfixturevalue(request.param)
-    return Ours(model_dir), Reference(model_dir)
+    """Our scorer through the CPU default backend (onnx) and through torch, with the reference."""
+    fixture, backend = request.param
+    model_dir = request.getfixturevalue(fixture)
+    return Ours(model_dir, backend), Reference(model_dir)
 
 
 def pair_ids(encoded, i):

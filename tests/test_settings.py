@@ -12,7 +12,7 @@ from deployments.tokenization import PairEncoder, resolve_max_length
 def test_defaults():
     settings = load_settings({}, {})
     assert settings.model == DEFAULT_MODEL
-    assert (settings.max_batch_tokens, settings.max_batch_size, settings.device) == (4096, 16, "auto")
+    assert (settings.max_batch_tokens, settings.max_batch_size, settings.device) == (4096, 8, "auto")
 
 
 def test_environment_overrides_args():
