@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -18,7 +17,7 @@ import torch
 from deployments.batching import collate, plan_batches
 from deployments.errors import ModelLoadError, SettingsError
 from deployments.relevance import check_architecture, relevance_from_logits, relevance_head
-from deployments.settings import BatchSettings, RerankerSettings
+from deployments.settings import BatchSettings, RerankerSettings, available_cpus
 from deployments.tokenization import EncodedPairs, describe_load_failure, read_model_config, resolve_max_length
 
 logger = logging.getLogger("ray.serve")
@@ -144,7 +143,7 @@ class ModelScorer:
         self.max_length = resolve_max_length(config, settings.max_length)
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
-        threads = settings.torch_threads or os.cpu_count() or 1
+        threads = settings.torch_threads or available_cpus()
         # Ray sets OMP_NUM_THREADS to the replica's num_cpus (min 1); set the pool explicitly.
         torch.set_num_threads(threads)
         self.pad_to_multiple_of = settings.pad_to_multiple_of or (8 if self.device == "cuda" else 1)

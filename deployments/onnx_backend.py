@@ -25,6 +25,7 @@ from typing import Optional
 import numpy as np
 
 from deployments.errors import ModelLoadError
+from deployments.settings import available_cpus
 from deployments.tokenization import _model_file, describe_load_failure, is_local_path, read_model_config
 
 logger = logging.getLogger("ray.serve")
@@ -178,7 +179,7 @@ class OnnxBackend:
     def load(cls, settings, quantize: bool) -> "OnnxBackend":
         path = ensure_exported(settings.model, settings.revision, int8=quantize, cache_root=settings.onnx_cache_dir)
         config = read_model_config(settings.model, settings.revision)
-        threads = settings.torch_threads or os.cpu_count() or 1
+        threads = settings.torch_threads or available_cpus()
         return cls(path, "onnx-int8" if quantize else "onnx", config.get("pad_token_id") or 0, threads)
 
     def forward_logits(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:

@@ -49,6 +49,7 @@ class RerankerSettings(BatchSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
+    # Compute threads of the scorer (torch and ONNX Runtime); unset: available_cpus().
     torch_threads: Optional[int] = Field(None, ge=1)
     pad_to_multiple_of: Optional[int] = Field(None, ge=1)
     onnx_cache_dir: Optional[str] = None
@@ -70,6 +71,23 @@ class RerankerSettings(BatchSettings):
 
     def batch_settings(self) -> BatchSettings:
         return BatchSettings(**{name: getattr(self, name) for name in BatchSettings.model_fields})
+
+
+def available_cpus(cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """CPUs this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a pod's limit).
+
+    os.cpu_count() reports the node's cores, so a pod limited to 4 CPUs on a 64-core node would
+    otherwise start 64 compute threads and thrash.
+    """
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open(cgroup_cpu_max, encoding="ascii") as handle:
+            quota, period = handle.read().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, int(-(-int(quota) // int(period)))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
 
 
 def _env_value(raw: str):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from deployments.errors import SettingsError
@@ -71,3 +73,17 @@ def test_max_length_comes_from_the_model_config():
     assert resolve_max_length({"max_position_embeddings": 512}, override=256) == 256
     with pytest.raises(SettingsError, match="max_length 600 exceeds"):
         resolve_max_length({"max_position_embeddings": 512}, override=600)
+
+
+def test_available_cpus_honours_a_cgroup_quota(tmp_path):
+    """A pod's CPU limit (cgroup v2 cpu.max) caps the thread count; 'max' means no quota."""
+    from deployments.settings import available_cpus
+
+    affinity = len(os.sched_getaffinity(0))
+    limited = tmp_path / "cpu.max"
+    limited.write_text("150000 100000\n")  # 1.5 CPUs: round up to 2, never above the affinity
+    assert available_cpus(str(limited)) == min(affinity, 2)
+    unlimited = tmp_path / "cpu.max.unlimited"
+    unlimited.write_text("max 100000\n")
+    assert available_cpus(str(unlimited)) == affinity
+    assert available_cpus(str(tmp_path / "absent")) == affinity
