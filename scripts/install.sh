@@ -17,6 +17,7 @@ elif command -v nvidia-smi >/dev/null 2>&1; then
   "${pip[@]}" "torch==2.13.0"
 else
   # The CPU build is "2.13.0+cpu"; pip prefers it over PyPI's CUDA build of the same version.
-  "${pip[@]}" "torch==2.13.0" --extra-index-url https://download.pytorch.org/whl/cpu
+  # --no-deps: only torch is looked up on that index; its dependencies come from PyPI next.
+  "${pip[@]}" "torch==2.13.0" --no-deps --retries 1 --extra-index-url https://download.pytorch.org/whl/cpu
 fi
 "${pip[@]}" -e ".${extras:+[$extras]}"
