@@ -115,7 +115,7 @@ def check_api_key(authorization: str, keys: list[bytes]) -> None:
 def check_text(text: str, label: str, max_chars: int, limit_name: str) -> None:
     """One query or document against its character limit and for text a tokenizer cannot take."""
     if len(text) > max_chars:
-        raise PayloadTooLargeError(f"{label} has {len(text)} characters; {limit_name} is {max_chars}.")
+        raise PayloadTooLargeError(f"{label} has {len(text)} characters, over {limit_name} ({max_chars}).")
     if "\x00" in text:
         raise ValidationError(f"{label} contains a null byte.")
     if UNPAIRED_SURROGATE.search(text):

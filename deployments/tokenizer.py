@@ -5,6 +5,7 @@ Never imports torch (see deployments/tokenization.py).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -44,15 +45,9 @@ class Tokenizer:
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def _encode_batch(self, requests: list[PairRequest]) -> list:
         started = time.perf_counter()
-        try:
-            results = self.encoder.encode_many(requests)
-        except Exception:
-            results = []
-            for request in requests:
-                try:
-                    results.append(self.encoder.encode_request(request))
-                except Exception as exc:  # delivered to its own caller only
-                    results.append(exc)
+        # Off the event loop (the Rust tokenizer releases the GIL), so arrivals keep queueing;
+        # one batch at a time, so the tokenizer is never used from two threads at once.
+        results = await asyncio.to_thread(self._encode_each, requests)
         elapsed = time.perf_counter() - started
         for result in results:
             if isinstance(result, EncodedPairs):
@@ -60,6 +55,19 @@ class Tokenizer:
                 for length in result.lengths.tolist():
                     self.metrics.pair_tokens.observe(length)
         return results
+
+    def _encode_each(self, requests: list[PairRequest]) -> list:
+        """All requests in one tokenizer pass; if that fails, one by one, so an error stays with its request."""
+        try:
+            return self.encoder.encode_many(requests)
+        except Exception:
+            results = []
+            for request in requests:
+                try:
+                    results.append(self.encoder.encode_request(request))
+                except Exception as exc:  # delivered to its own caller only
+                    results.append(exc)
+            return results
 
     def describe(self) -> dict:
         import sys

@@ -130,7 +130,7 @@ def test_limits_name_the_setting_and_its_value(extra_apps, route):
     assert ok.status_code == 200, ok.text
     cases = [
         (rerank_body(route, QUERY, ["paris"] * 6), "max_documents (5)"),
-        (rerank_body(route, QUERY, ["paris", "d" * 201]), "max_document_chars is 200"),
+        (rerank_body(route, QUERY, ["paris", "d" * 201]), "max_document_chars (200)"),
         (rerank_body(route, "q" * 51, ["paris"]), "max_query_chars (50)"),
     ]
     for body, needle in cases:
