@@ -54,7 +54,13 @@ from deployments.schemas import (
     TEIRerankRequest,
 )
 from deployments.settings import RerankerSettings, load_api_keys
-from deployments.responses import document_text, ranking, score_request_pairs, truncation_header
+from deployments.responses import (
+    document_text,
+    last_exception_line,
+    ranking,
+    score_request_pairs,
+    truncation_header,
+)
 from deployments.tokenization import PairRequest
 
 logger = logging.getLogger("ray.serve")
@@ -590,10 +596,12 @@ class Ingress:
             return ""
         for name in ("Scorer", "Tokenizer"):
             info = deployments.get(name)
-            if info is not None and info.status not in ("HEALTHY", "UPSCALING", "DOWNSCALING"):
-                message = " ".join(line.strip() for line in (info.message or "").splitlines() if "Error" in line)
-                return f"{name} is {info.status}: {message[-600:] or info.message[-600:]}"
-            if info is not None and info.status in ("UPSCALING",) and not info.replica_states.get("RUNNING"):
+            if info is None:
+                continue
+            state = getattr(info.status, "value", str(info.status))
+            if state not in ("HEALTHY", "UPSCALING", "DOWNSCALING"):
+                return f"{name} is {state}: {last_exception_line(info.message or '')}"
+            if state == "UPSCALING" and not info.replica_states.get("RUNNING"):
                 return f"{name} is starting (loading the model)."
         return ""
 

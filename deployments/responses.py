@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Optional
 
 import numpy as np
@@ -54,3 +55,16 @@ def score_request_pairs(body: ScoreRequest) -> tuple[list[str], list[str]]:
     if not body.queries:
         raise EmptyInputError("No pairs to score.")
     return list(body.queries), list(body.documents)
+
+
+EXCEPTION_LINE = re.compile(r"^\s*(?:[\w]+\.)*(\w+(?:Error|Exception)): (.+)$")
+
+
+def last_exception_line(message: str, limit: int = 600) -> str:
+    """The final 'SomeError: text' line of a Serve status message (a traceback), module path dropped."""
+    matches = [EXCEPTION_LINE.match(line) for line in message.splitlines()]
+    found = [m for m in matches if m]
+    if not found:
+        return message.strip()[-limit:]
+    name, text = found[-1].groups()
+    return f"{name}: {text.strip()}"[:limit]

@@ -199,3 +199,17 @@ def test_project_errors_keep_their_status(inline_app, exc):
     assert response.json() == {"message": exc.message}
     if exc.retry_after_s:
         assert response.headers["retry-after"] == "3"
+
+
+def test_last_exception_line_summarizes_a_serve_status_traceback():
+    from deployments.responses import last_exception_line
+
+    message = (
+        "The deployment failed to start 3 times in a row.\n"
+        "Traceback (most recent call last):\n"
+        '  File "/x/model.py", line 3, in __init__\n'
+        "    raise ModelLoadError(describe_load_failure(model, revision, exc)) from exc\n"
+        "deployments.errors.ModelLoadError: Cannot load model 'x': OSError: no network. Check the hub id.\n"
+    )
+    assert last_exception_line(message) == "ModelLoadError: Cannot load model 'x': OSError: no network. Check the hub id."
+    assert last_exception_line("replicas are starting") == "replicas are starting"
