@@ -55,20 +55,11 @@ class CohereV1RerankRequest(BaseModel):
     max_chunks_per_doc: Optional[conint(ge=1)] = None
 
 
-class CohereV2RerankRequest(BaseModel):
-    """Cohere v2 /rerank body; legacy v1 fields are honoured for older clients."""
+class CohereV2RerankRequest(CohereV1RerankRequest):
+    """Cohere v2 /rerank body: v1's fields (legacy ones honoured for older clients) plus these."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    model: Optional[str] = None
-    query: str
-    documents: list[DocumentIn]
-    top_n: Optional[conint(ge=1)] = None
     max_tokens_per_doc: Optional[conint(ge=1)] = None
     priority: Optional[int] = None
-    return_documents: bool = False
-    rank_fields: Optional[list[str]] = None
-    max_chunks_per_doc: Optional[conint(ge=1)] = None
 
 
 class CohereResultDocument(BaseModel):

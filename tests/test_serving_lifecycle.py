@@ -9,23 +9,13 @@ import pytest
 
 from conftest import reranker_app
 from reference import reference_scores
+from serving_helpers import poll
 
 pytestmark = pytest.mark.serving
 
 QUERY = "what is the capital of france"
 TEXTS = ["paris is the capital and most populous city of france", "столица россии москва", "東京は日本の首都です"]
 SMALL_SCORER = {"num_cpus": 0.1, "num_gpus": 0}
-
-
-def poll(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last: {last!r}")
 
 
 @pytest.mark.timeout(180)
