@@ -162,6 +162,18 @@ def http(serve_cluster):
 
 # ----- scoring core (tier 1 and 2) ---------------------------------------------------------------
 
+QUERY = "what is the capital of france"
+# One passage per script the service must handle, plus emoji and mixed-language text.
+MULTILINGUAL_TEXTS = [
+    "paris is the capital and most populous city of france",
+    "berlin ist die hauptstadt von deutschland",
+    "столица россии москва",
+    "東京は日本の首都です",
+    "القاهرة هي عاصمة مصر",
+    "नई दिल्ली भारत की राजधानी है",
+    "emoji test 🙂 🚀 ✨",
+    "mixed paris и москва 東京",
+]
 LONG_PASSAGE = "the quick brown fox jumps over the lazy dog " * 80  # 720 tokens: truncated at 512
 
 # (query, passage) pairs across scripts, with one passage past 512 tokens and one empty passage.

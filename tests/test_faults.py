@@ -16,22 +16,12 @@ import time
 import httpx
 import numpy as np
 import pytest
-from conftest import reranker_app
+from conftest import MULTILINGUAL_TEXTS, QUERY, reranker_app
 from reference import reference_scores
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
-QUERY = "what is the capital of france"
-TEXTS = [
-    "paris is the capital and most populous city of france",
-    "berlin ist die hauptstadt von deutschland",
-    "столица россии москва",
-    "東京は日本の首都です",
-    "القاهرة هي عاصمة مصر",
-    "नई दिल्ली भारत की राजधानी है",
-    "emoji test 🙂 🚀 ✨",
-    "mixed paris и москва 東京",
-]
+TEXTS = MULTILINGUAL_TEXTS
 # Scorers of these apps reserve little CPU, so they fit beside the session app on 2 cores.
 SMALL_SCORER = {"num_cpus": 0.05, "num_gpus": 0}
 # Batch windows long enough that a request deterministically waits in the Scorer's queue past a

@@ -8,26 +8,14 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import LONG_PASSAGE, MULTILINGUAL_TEXTS, QUERY
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
+from deployments.model import ModelScorer
+from deployments.onnx_backend import FP32_FILE, INT8_FILE, cache_dir_for
+from deployments.settings import RerankerSettings
+from deployments.tokenization import PairEncoder, load_tokenizer
 
-from deployments.model import ModelScorer  # noqa: E402
-from deployments.onnx_backend import FP32_FILE, INT8_FILE, cache_dir_for  # noqa: E402
-from deployments.settings import RerankerSettings  # noqa: E402
-from deployments.tokenization import PairEncoder, load_tokenizer  # noqa: E402
-
-QUERY = "what is the capital of france"
-PASSAGES = [
-    "paris is the capital and most populous city of france",
-    "berlin ist die hauptstadt von deutschland",
-    "столица россии москва",
-    "東京は日本の首都です",
-    "القاهرة هي عاصمة مصر",
-    "नई दिल्ली भारत की राजधानी है",
-    "",
-    " ".join(["the quick brown fox jumps over the lazy dog"] * 80),  # truncated at max_length
-]
+PASSAGES = [*MULTILINGUAL_TEXTS[:6], "", LONG_PASSAGE]  # an empty one, and one truncated at max_length
 
 
 def _scores(model_dir, backend: str, cache_dir) -> tuple:

@@ -7,22 +7,12 @@ import random
 
 import numpy as np
 import pytest
-
+from conftest import MULTILINGUAL_TEXTS, QUERY
 from reference import reference_scores
 
 pytestmark = pytest.mark.serving
 
-QUERY = "what is the capital of france"
-TEXTS = [
-    "paris is the capital and most populous city of france",
-    "berlin ist die hauptstadt von deutschland",
-    "столица россии москва",
-    "東京は日本の首都です",
-    "القاهرة هي عاصمة مصر",
-    "नई दिल्ली भारत की राजधानी है",
-    "emoji test 🙂 🚀 ✨",
-    "mixed paris и москва 東京",
-]
+TEXTS = MULTILINGUAL_TEXTS
 
 
 def expected_order(scores: np.ndarray) -> list[int]:
