@@ -5,6 +5,7 @@ Routes: TEI `/rerank`, Cohere/Jina `/v1/rerank`, Cohere `/v2/rerank`, raw pairs 
 """
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import logging
@@ -344,15 +345,10 @@ class Ingress:
         estimates = [min(len(text) // CHARS_PER_TOKEN_ESTIMATE + 1, per_doc_cap) + query_estimate for text in pair_request.passages]
         ranges = split_documents(estimates, s.max_batch_tokens)
         parts = [
-            PairRequest(
-                queries=pair_request.queries,
+            dataclasses.replace(
+                pair_request,
                 passages=pair_request.passages[start:end],
                 query_of_passage=pair_request.query_of_passage[start:end] if pair_request.query_of_passage else None,
-                chunk=pair_request.chunk,
-                max_chunks=pair_request.max_chunks,
-                max_tokens_per_doc=pair_request.max_tokens_per_doc,
-                truncate=pair_request.truncate,
-                truncation_direction=pair_request.truncation_direction,
             )
             for start, end in ranges
         ]
