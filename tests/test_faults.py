@@ -214,6 +214,12 @@ def test_model_that_cannot_load_keeps_the_app_not_ready(fault_apps, broken_model
 
     scorer = wait_for(scorer_failed, 200, "the Scorer of a truncated model never reached DEPLOY_FAILED", 1)
     assert "Cannot load model" in scorer.message and str(broken_model_dir) in scorer.message, scorer.message
+    # The same message is in Serve's logs (the controller logs each failed replica start), not only
+    # in its status.
+    from serving_helpers import files_containing, logs_dir
+
+    logged = files_containing([f"Cannot load model '{broken_model_dir}'"], logs_dir() / "serve")
+    assert any(name.startswith("controller_") for name in next(iter(logged.values()))), logged
     with httpx.Client(base_url=url, timeout=30) as http:
         # The ingress and tokenizer load fine (they never read the weights).
         wait_for(lambda: http.get("/health").status_code == 200, 60, "/health of the broken app")
