@@ -9,9 +9,6 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, conint
 
-NonNegativeInt = conint(ge=0)
-
-
 class TEIRerankRequest(BaseModel):
     """Hugging Face TEI's /rerank body; Elasticsearch's `hugging_face` rerank service sends it."""
 
@@ -29,12 +26,6 @@ class TEIRerankRequest(BaseModel):
 class TEIRank(BaseModel):
     index: int
     score: float
-    text: Optional[str] = None
-
-
-class CohereDocument(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
     text: Optional[str] = None
 
 

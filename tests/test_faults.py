@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from conftest import MULTILINGUAL_TEXTS, QUERY, reranker_app
 from reference import reference_scores
+from serving_helpers import poll
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
@@ -137,16 +138,6 @@ def running_replicas(app: str, deployment: str) -> int:
     return status.deployments[deployment].replica_states.get("RUNNING", 0)
 
 
-def wait_for(predicate, timeout_s: float, message: str, interval_s: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"{message} (waited {timeout_s} s)")
-
-
 @pytest.mark.timeout(180)
 def test_scorer_replica_killed_mid_load_loses_no_request(fault_apps, tiny_model_dir):
     """SIGKILL one of two scorer replicas under steady load: every request still gets its correct
@@ -154,7 +145,7 @@ def test_scorer_replica_killed_mid_load_loses_no_request(fault_apps, tiny_model_
     url = fault_apps.url + APPS["faults_kill"]
     variants = [(f"{QUERY} {i}", TEXTS[i:] + TEXTS[:i]) for i in range(4)]
     expected = {query: expected_order(reference_scores(tiny_model_dir, query, texts)[1]) for query, texts in variants}
-    before = wait_for(lambda: (a := scorer_actors("faults_kill")) and len(a) == 2 and a, 60, "two scorer replicas")
+    before = poll(lambda: (a := scorer_actors("faults_kill")) and len(a) == 2 and a, 60, "two scorer replicas")
 
     stop = threading.Event()
     outcomes: list[tuple[str, int, object]] = []
@@ -172,12 +163,12 @@ def test_scorer_replica_killed_mid_load_loses_no_request(fault_apps, tiny_model_
     with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
         workers = [pool.submit(client, i) for i in range(6)]
         try:
-            wait_for(lambda: len(outcomes) >= 30, 60, "steady load before the kill")
+            poll(lambda: len(outcomes) >= 30, 60, "steady load before the kill")
             victim_name, victim_pid = sorted(before.items())[0]
             os.kill(victim_pid, signal.SIGKILL)
             killed_at = len(outcomes)
             # Serve notices the death and starts a replacement under a new replica id.
-            replacement = wait_for(
+            replacement = poll(
                 lambda: [name for name in scorer_actors("faults_kill") if name not in before]
                 and running_replicas("faults_kill", "Scorer") == 2,
                 120,
@@ -185,7 +176,7 @@ def test_scorer_replica_killed_mid_load_loses_no_request(fault_apps, tiny_model_
             )
             assert replacement
             # Keep the load on the replacement for a moment.
-            wait_for(lambda: len(outcomes) >= killed_at + 60, 60, "load after the replacement")
+            poll(lambda: len(outcomes) >= killed_at + 60, 60, "load after the replacement")
         finally:
             stop.set()
             for worker in workers:
@@ -212,7 +203,7 @@ def test_model_that_cannot_load_keeps_the_app_not_ready(fault_apps, broken_model
         scorer = app and app.deployments.get("Scorer")
         return scorer if scorer and scorer.status == "DEPLOY_FAILED" else None
 
-    scorer = wait_for(scorer_failed, 200, "the Scorer of a truncated model never reached DEPLOY_FAILED", 1)
+    scorer = poll(scorer_failed, 200, "the Scorer of a truncated model never reached DEPLOY_FAILED", 1)
     assert "Cannot load model" in scorer.message and str(broken_model_dir) in scorer.message, scorer.message
     # The same message is in Serve's logs (the controller logs each failed replica start), not only
     # in its status.
@@ -222,7 +213,7 @@ def test_model_that_cannot_load_keeps_the_app_not_ready(fault_apps, broken_model
     assert any(name.startswith("controller_") for name in next(iter(logged.values()))), logged
     with httpx.Client(base_url=url, timeout=30) as http:
         # The ingress and tokenizer load fine (they never read the weights).
-        wait_for(lambda: http.get("/health").status_code == 200, 60, "/health of the broken app")
+        poll(lambda: http.get("/health").status_code == 200, 60, "/health of the broken app")
         for _ in range(2):
             ready = http.get("/ready")
             assert ready.status_code == 503, ready.text
