@@ -7,7 +7,17 @@ temp dir. Several multilingual queries x ~50 passages are scored through PairEnc
 ModelScorer with backends torch, onnx and onnx-int8; per query we report the Spearman rank
 correlation of raw scores (scipy.stats.spearmanr) and the overlap of the top 10.
 
-Run:  python benchmarks/int8_fidelity.py [--passages 50] [--seed 0]
+With `--variants`, it also builds int8 variants that the service does not ship from the same
+fp32 ONNX file and reports their fidelity and speed next to the shipped `onnx-int8` (all scored
+through ModelScorer's batching; speed as pairs/s relative to fp32 `onnx`, measured in this run):
+- dynamic-attention: only the fused Attention ops (the QKV projections) dynamically quantized;
+- weight-only: 8-bit blockwise weights on every MatMul (ORT MatMulNBits, block 32, accuracy
+  level 4: activations quantized per block of 32 at run time), Attention left in fp32;
+- hybrid: weight-only plus dynamic-attention.
+`--speed-model DIR` times the variants on that model (e.g. the full-size mBERT written by
+scorer_bench.py) and its long workload as well, since MiniLM's 384-wide GEMMs say little about speed.
+
+Run:  python benchmarks/int8_fidelity.py [--passages 50] [--seed 0] [--variants [--speed-model DIR]]
 """
 
 from __future__ import annotations
@@ -98,6 +108,60 @@ def save_minilm_cross_encoder(directory, seed: int = 0) -> Path:
     return Path(directory)
 
 
+def quantize_variant(fp32: Path, variant: str, target: Path) -> Path:
+    """One of the int8 variants of the module docstring, written from the cached fp32 file."""
+    import logging
+
+    import onnx
+    from onnx import TensorProto
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    logging.getLogger().setLevel(logging.WARNING)  # the quantizers log every node at INFO
+    source = str(fp32)
+    if variant in ("weight-only", "hybrid"):
+        config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4, bits=8)
+        quantizer = MatMulNBitsQuantizer(onnx.load(source), algo_config=config)
+        quantizer.process()
+        source = str(target.with_suffix(".weight-only.onnx"))
+        quantizer.model.save_model_to_file(source, False)
+        if variant == "weight-only":
+            return Path(source)
+    quantize_dynamic(source, str(target), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["Attention"],
+                     extra_options={"DefaultTensorType": TensorProto.FLOAT})
+    return target
+
+
+VARIANTS = ("dynamic-attention", "weight-only", "hybrid")
+
+
+def time_backends(scorer, backends: dict, encoded: list, rounds: int = 3) -> dict:
+    """Best pairs/s of each backend over `rounds` round-robin passes of the encoded workload."""
+    pairs = sum(e.num_pairs for e in encoded)
+    best = {}
+    for _ in range(rounds):
+        for name, backend in backends.items():
+            scorer.backend = backend
+            started = time.perf_counter()
+            for e in encoded:
+                scorer.score_pairs(e)
+            best[name] = max(best.get(name, 0.0), pairs / (time.perf_counter() - started))
+    return best
+
+
+def variant_backends(scorer, settings, model_dir: str, cache_dir: Path) -> dict:
+    """name -> OnnxBackend for onnx, the shipped onnx-int8 and each variant of one model."""
+    from deployments.onnx_backend import OnnxBackend, ensure_exported
+
+    fp32 = ensure_exported(model_dir, None, int8=False, cache_root=str(cache_dir))
+    shipped = ensure_exported(model_dir, None, int8=True, cache_root=str(cache_dir))
+    paths = {"onnx": fp32, "onnx-int8": shipped}
+    for variant in VARIANTS:
+        paths[variant] = quantize_variant(fp32, variant, fp32.parent / f"model-{variant}.onnx")
+    pad, threads = scorer.backend.pad_token_id, os.cpu_count() or 1
+    return {name: OnnxBackend(path, name, pad, threads) for name, path in paths.items()}
+
+
 def make_passages(rng: random.Random, count: int) -> list:
     """Passages of 1-5 sentences, each mostly in one language, drawn from SENTENCES."""
     langs = list(SENTENCES)
@@ -115,6 +179,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--passages", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variants", action="store_true", help="also measure the int8 variants the service does not ship")
+    parser.add_argument("--speed-model", help="with --variants: model dir to time the variants on (e.g. full-size mBERT)")
+    parser.add_argument("--speed-onnx-cache-dir", help="ONNX cache of --speed-model to reuse (default: a temp dir)")
     args = parser.parse_args(argv)
 
     import torch
@@ -140,11 +207,35 @@ def main(argv=None) -> int:
         scores[backend] = [scorer.score_pairs(encoder.encode(q, passages)).raw for q, passages in workload]
         print(f"{backend}: loaded and scored in {time.perf_counter() - started:.1f} s", flush=True)
 
+    speed = {}
+    if args.variants:
+        backends = variant_backends(scorer, settings, model_dir, Path(tmp.name) / "onnx")
+        encoded = [encoder.encode(q, passages) for q, passages in workload]
+        for name, backend in backends.items():
+            scorer.backend = backend
+            if name not in scores:
+                scores[name] = [scorer.score_pairs(e).raw for e in encoded]
+        speed["MiniLM"] = time_backends(scorer, backends, encoded)
+        if args.speed_model:
+            from scorer_bench import make_workloads
+
+            big_cache = Path(args.speed_onnx_cache_dir or Path(tmp.name) / "onnx")
+            big = ModelScorer(RerankerSettings(model=args.speed_model, device="cpu", dtype="float32", backend="onnx",
+                                               onnx_cache_dir=str(big_cache)))
+            big_encoder = PairEncoder(load_tokenizer(args.speed_model), big.max_length, settings.max_query_tokens)
+            long = make_workloads(0)["long"]
+            speed["mBERT long"] = time_backends(
+                big, variant_backends(big, settings, args.speed_model, big_cache),
+                [big_encoder.encode(long.query, long.passages)], rounds=2,
+            )
+
     tokens = [encoder.encode(q, p).lengths.mean() for q, p in workload]
     print(f"\nMiniLM-L6 (real weights, random 2-label head), {len(QUERIES)} queries x {args.passages} passages, "
           f"{np.mean(tokens):.0f} tokens/pair on average")
     print(f"{'comparison':24s} {'Spearman mean':>13s} {'min':>7s} {'top-10 overlap mean':>20s} {'min':>5s} {'max|d| raw':>11s}")
-    for reference, candidate in (("torch", "onnx"), ("onnx", "onnx-int8"), ("torch", "onnx-int8")):
+    comparisons = [("torch", "onnx"), ("onnx", "onnx-int8"), ("torch", "onnx-int8")]
+    comparisons += [("onnx", variant) for variant in VARIANTS if variant in scores]
+    for reference, candidate in comparisons:
         rhos, overlaps, diffs = [], [], []
         for ref, cand in zip(scores[reference], scores[candidate]):
             rhos.append(spearmanr(ref, cand).statistic)
@@ -154,7 +245,13 @@ def main(argv=None) -> int:
         print(f"{candidate + ' vs ' + reference:24s} {np.mean(rhos):13.4f} {np.min(rhos):7.4f} "
               f"{np.mean(overlaps):20.2f} {np.min(overlaps):5.1f} {max(diffs):11.2e}")
     spread = np.mean([np.std(s) for s in scores["onnx"]])
-    print(f"(std of fp32 raw scores within a query, mean over queries: {spread:.3f})")
+    print(f"(std of fp32 raw scores within a query, mean over queries: {spread:.4f})")
+    for name in [n for n in ("onnx-int8",) + VARIANTS if n in scores]:
+        error = np.mean([np.std(a - b) for a, b in zip(scores["onnx"], scores[name])])
+        print(f"(std of {name} - onnx within a query: {error:.5f})")
+    for model_name, rates in speed.items():
+        print(f"\nspeed on {model_name}, pairs/s (x fp32 onnx, same run): "
+              + ", ".join(f"{name} {rate:.1f} ({rate / rates['onnx']:.2f}x)" for name, rate in rates.items()))
     return 0
 
 
