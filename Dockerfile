@@ -24,8 +24,12 @@ ARG BAKE_MODEL_REVISION=""
 # The Ray image's user is `ray` (uid 1000, gid 100 "users"); everything below runs as it.
 USER 1000:100
 
+# RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S: Serve's router gives a replica 0.1 s to report its
+# queue length, then backs off from it. Under a spike a busy ingress misses that often enough that
+# accepted requests wait seconds in the proxy while the ingress idles (benchmarks/LOAD_REPORT.md).
 ENV HF_HOME=/home/ray/hf-cache \
     HF_HUB_DISABLE_TELEMETRY=1 \
+    RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S=0.5 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1

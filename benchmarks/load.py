@@ -97,6 +97,7 @@ class Recorder:
     samples: list = field(default_factory=list)
     replicas: list = field(default_factory=list)  # (t, {deployment: RUNNING})
     rss: list = field(default_factory=list)  # (t, {pid: (name, rss_bytes)})
+    cpu: list = field(default_factory=list)  # (t, {pid: (name, cpu_seconds)}), this process included
     phases: list = field(default_factory=list)  # (name, start_t, end_t)
 
     def now(self) -> float:
@@ -137,6 +138,9 @@ def start_local_service(model: str | None, upscale_delay_s: float, downscale_del
         model = str(save_tiny_model(Path(tempfile.mkdtemp(prefix="load-tiny-")), num_labels=2))
     os.environ["RERANKER_MODEL"] = model
     os.environ["RAY_AUTH_MODE"] = "disabled"
+    # As the Dockerfile and README set it: the proxy's router gives a busy ingress replica 0.5 s
+    # (Serve's default: 0.1 s) to report its queue length before backing off from it.
+    os.environ.setdefault("RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S", "0.5")
 
     import ray
     from ray.serve._private.api import serve_start
@@ -186,6 +190,21 @@ def rss_snapshot() -> dict[int, tuple[str, int]]:
     return snapshot
 
 
+def cpu_snapshot() -> dict[int, tuple[str, float]]:
+    """pid -> (name, user + system CPU seconds) of the Serve processes and of this load generator."""
+    import psutil
+
+    processes = {**serve_process_pids(), os.getpid(): "load generator (this process)"}
+    snapshot = {}
+    for pid, name in processes.items():
+        try:
+            times = psutil.Process(pid).cpu_times()
+            snapshot[pid] = (name, times.user + times.system)
+        except psutil.Error:
+            pass
+    return snapshot
+
+
 def running_replicas(app: str) -> dict[str, int]:
     from ray import serve
 
@@ -204,6 +223,7 @@ def monitor(recorder: Recorder, app: str, stop: threading.Event, with_ray: bool)
                 recorder.replicas.append((recorder.now(), running_replicas(app)))
                 if tick % 2 == 0:
                     recorder.rss.append((recorder.now(), rss_snapshot()))
+                    recorder.cpu.append((recorder.now(), cpu_snapshot()))
             except Exception as exc:  # noqa: BLE001 - a missed sample must not stop the run
                 print(f"monitor: {type(exc).__name__}: {exc}", file=sys.stderr)
         tick += 1
@@ -361,6 +381,38 @@ def rss_by_pid(snapshot) -> dict[int, tuple[str, int]]:
     return snapshot[1] if snapshot else {}
 
 
+def probe_timeouts(logs_dir: str | None) -> int | None:
+    """How often the proxy's router gave up waiting for a replica's queue length (Serve logs a warning)."""
+    if not logs_dir:
+        return None
+    return sum(
+        line.count("Failed to get queue length")
+        for path in Path(logs_dir, "serve").glob("proxy_*.log")
+        for line in path.read_text(errors="replace").splitlines()
+    )
+
+
+def cpu_table(recorder: Recorder) -> list[str]:
+    """CPU cores each process used per phase (from CPU-time samples every 2 s): who had the 2 cores."""
+    spans = [(name, start, end) for name, start, end in recorder.phases if name in ("steady", "spike", "ramp-down")]
+    if len(recorder.cpu) < 2 or not spans:
+        return []
+    rows = {}
+    for name, start, end in spans:
+        inside = [snap for snap in recorder.cpu if start <= snap[0] <= end]
+        if len(inside) < 2:
+            continue
+        (t0, first), (t1, last) = inside[0], inside[-1]
+        for pid in set(first) & set(last):
+            rows.setdefault(pid, {"name": first[pid][0]})[name] = (last[pid][1] - first[pid][1]) / (t1 - t0)
+    names = [name for name, _, _ in spans]
+    lines = ["", "CPU used, in cores (2 on this machine), averaged over each phase:", "",
+             "| process | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for pid, row in sorted(rows.items(), key=lambda item: -item[1].get("spike", 0)):
+        lines.append(f"| {row['name']} (pid {pid}) | " + " | ".join(f"{row.get(n, float('nan')):.2f}" for n in names) + " |")
+    return lines
+
+
 def report(recorder: Recorder, args, url: str, model: str, capacity: float, path: Path, png: Path) -> dict:
     samples = [s for s in recorder.samples if s.status != -1]
     not_sent = sum(1 for s in recorder.samples if s.status == -1)
@@ -450,6 +502,11 @@ def report(recorder: Recorder, args, url: str, model: str, capacity: float, path
             f"| {cold[pid][0]} (pid {pid}) | {cold[pid][1] / 2**20:.0f} | {before[pid][1] / 2**20:.0f} | "
             f"{peak[pid] / 2**20:.0f} | {after[pid][1] / 2**20:.0f} | {(after[pid][1] / before[pid][1] - 1) * 100:+.1f}% |"
         )
+    lines += cpu_table(recorder)
+    timeouts = probe_timeouts(args.logs_dir)
+    if timeouts is not None:
+        lines += ["", f"Queue-length probes the proxy gave up on (Serve warns \"Failed to get queue length\"): **{timeouts}**, "
+                  f"with `RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S={os.environ.get('RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S', '0.1 (default)')}`."]
     lines += ["", f"![load report]({png.name})", ""]
     path.write_text("\n".join(lines))
     return {"spike_ok": spike_ok, "other": len(other), "rose": rose, "fell": fell, "rss_growth_pct": growth}
@@ -520,6 +577,11 @@ def main(argv=None) -> int:
         url, model = start_local_service(args.model, args.upscale_delay_s, args.downscale_delay_s)
         with_ray = True
     print(f"target {url}", flush=True)
+    args.logs_dir = None
+    if with_ray:
+        import ray
+
+        args.logs_dir = ray._private.worker._global_node.get_logs_dir_path()  # this host's Ray session logs
     recorder = Recorder()
     stop = threading.Event()
     sampler = threading.Thread(target=monitor, args=(recorder, args.app, stop, with_ray), daemon=True)
