@@ -149,7 +149,7 @@ def time_backends(scorer, backends: dict, encoded: list, rounds: int = 3) -> dic
     return best
 
 
-def variant_backends(scorer, settings, model_dir: str, cache_dir: Path) -> dict:
+def variant_backends(scorer, model_dir: str, cache_dir: Path) -> dict:
     """name -> OnnxBackend for onnx, the shipped onnx-int8 and each variant of one model."""
     from deployments.onnx_backend import OnnxBackend, ensure_exported
 
@@ -209,7 +209,7 @@ def main(argv=None) -> int:
 
     speed = {}
     if args.variants:
-        backends = variant_backends(scorer, settings, model_dir, Path(tmp.name) / "onnx")
+        backends = variant_backends(scorer, model_dir, Path(tmp.name) / "onnx")
         encoded = [encoder.encode(q, passages) for q, passages in workload]
         for name, backend in backends.items():
             scorer.backend = backend
@@ -225,7 +225,7 @@ def main(argv=None) -> int:
             big_encoder = PairEncoder(load_tokenizer(args.speed_model), big.max_length, settings.max_query_tokens)
             long = make_workloads(0)["long"]
             speed["mBERT long"] = time_backends(
-                big, variant_backends(big, settings, args.speed_model, big_cache),
+                big, variant_backends(big, args.speed_model, big_cache),
                 [big_encoder.encode(long.query, long.passages)], rounds=2,
             )
 
