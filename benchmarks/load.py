@@ -1,8 +1,10 @@
 """Load test: ramp-up -> steady -> spike (~5x capacity) -> ramp-down against the reranker on 127.0.0.1.
 
 Records, over time: throughput, p50/p95/p99 latency of successes, status codes, RUNNING replicas per
-deployment (serve.status()) and the RSS of the Serve processes (replica, proxy and controller actor
-PIDs). Writes one PNG and a markdown summary (benchmarks/LOAD_REPORT.md, benchmarks/load_report.png).
+deployment (serve.status()), the RSS and CPU time of the Serve processes (replica, proxy and
+controller actor PIDs) and of the load generator. Writes one PNG and a markdown summary
+(benchmarks/LOAD_REPORT.md, benchmarks/load_report.png). A short warm-up and idle pause come
+first, so the RSS "before the load" is that of an idle service that has served requests.
 
 By default it starts its own local Ray and deploys serve_config.yaml with a tiny random model (or
 `--model DIR`) and fast autoscaling delays. `--url` targets a running app instead; add
@@ -505,8 +507,9 @@ def report(recorder: Recorder, args, url: str, model: str, capacity: float, path
     lines += cpu_table(recorder)
     timeouts = probe_timeouts(args.logs_dir)
     if timeouts is not None:
-        lines += ["", f"Queue-length probes the proxy gave up on (Serve warns \"Failed to get queue length\"): **{timeouts}**, "
-                  f"with `RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S={os.environ.get('RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S', '0.1 (default)')}`."]
+        deadline = os.environ.get("RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S", "0.1 (default)")
+        lines += ["", f"Queue-length probes the proxy gave up on (Serve warns \"Failed to get queue length\"): **{timeouts}**"
+                  + ("." if args.url else f", with `RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S={deadline}`.")]
     lines += ["", f"![load report]({png.name})", ""]
     path.write_text("\n".join(lines))
     return {"spike_ok": spike_ok, "other": len(other), "rose": rose, "fell": fell, "rss_growth_pct": growth}
