@@ -80,8 +80,34 @@ def make_request(rng: random.Random, min_docs: int, max_docs: int) -> dict:
 
 
 def request_bodies(rng: random.Random, min_docs: int, max_docs: int, count: int = 256) -> list[bytes]:
-    """Encoded JSON bodies made before the run, so the client's CPU (on the service's cores) goes to sending."""
-    return [json.dumps(make_request(rng, min_docs, max_docs)).encode() for _ in range(count)]
+    """Encoded JSON bodies made before the run, so the client's CPU (on the service's cores) goes to sending.
+
+    They ask for raw scores, which the answers are checked against (expected_scores)."""
+    return [json.dumps({**make_request(rng, min_docs, max_docs), "raw_scores": True}).encode() for _ in range(count)]
+
+
+def expected_scores(model: str, bodies: list[bytes]) -> list:
+    """Each body's raw scores, computed in this process the way the service computes them."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from deployments.model import ModelScorer
+    from deployments.settings import RerankerSettings
+    from deployments.tokenization import PairEncoder, load_tokenizer
+
+    settings = RerankerSettings(model=model, device="cpu", dtype="float32", backend="torch")
+    scorer = ModelScorer(settings)
+    encoder = PairEncoder(load_tokenizer(model), scorer.max_length, settings.max_query_tokens, settings.chunk_overlap_tokens)
+    return [scorer.score_pairs(encoder.encode(r["query"], r["texts"])).raw for r in map(json.loads, bodies)]
+
+
+def is_correct(answer, expected) -> bool:
+    """Every passage once, sorted by score, each score the in-process one (raw, within 1e-3)."""
+    indices = [item["index"] for item in answer]
+    scores = [item["score"] for item in answer]
+    return (
+        sorted(indices) == list(range(len(expected)))
+        and scores == sorted(scores, reverse=True)
+        and all(abs(item["score"] - float(expected[item["index"]])) <= 1e-3 for item in answer)
+    )
 
 
 @dataclass
@@ -91,6 +117,7 @@ class Sample:
     status: int  # 0: client-side failure (timeout, connection error)
     retry_after: bool
     phase: str
+    correct: bool | None = None  # for a 200: its ranking equals the in-process one (None: not checked)
 
 
 @dataclass
@@ -236,16 +263,20 @@ def monitor(recorder: Recorder, app: str, stop: threading.Event, with_ray: bool)
 
 
 async def one_request(client: aiohttp.ClientSession, recorder: Recorder, rng: random.Random, phase: str, args) -> None:
-    body = rng.choice(args.bodies)
+    which = rng.randrange(len(args.bodies))
     sent = recorder.now()
     started = time.perf_counter()
+    correct = None
     try:
-        async with client.post(args.path, data=body, headers={"content-type": "application/json"}) as response:
-            await response.read()
+        async with client.post(args.path, data=args.bodies[which], headers={"content-type": "application/json"}) as response:
+            body = await response.read()
             status, retry_after = response.status, "retry-after" in response.headers
+        latency_s = time.perf_counter() - started
+        if status == 200 and args.expected:
+            correct = is_correct(json.loads(body), args.expected[which])
     except (aiohttp.ClientError, asyncio.TimeoutError):
-        status, retry_after = 0, False
-    recorder.samples.append(Sample(sent, time.perf_counter() - started, status, retry_after, phase))
+        status, retry_after, latency_s = 0, False, time.perf_counter() - started
+    recorder.samples.append(Sample(sent, latency_s, status, retry_after, phase, correct))
 
 
 async def closed_loop(client, recorder, rng, phase: str, duration_s: float, concurrency_at, args) -> None:
@@ -291,6 +322,7 @@ def throughput(samples: list, phase: str) -> float:
 async def run_load(url: str, recorder: Recorder, args) -> float:
     rng = random.Random(args.seed)
     args.bodies = request_bodies(rng, args.min_docs, args.max_docs)
+    args.expected = expected_scores(args.model_dir, args.bodies) if args.model_dir else None
     # aiohttp rather than httpx: at hundreds of connections httpx's pool costs enough CPU, on the
     # service's own cores, to delay the requests it measures.
     connector = aiohttp.TCPConnector(limit=args.max_in_flight + args.concurrency)
@@ -448,7 +480,9 @@ def report(recorder: Recorder, args, url: str, model: str, capacity: float, path
     without_retry_after = [s for s in rejected if not s.retry_after]
     other = [s for s in samples if s.status not in (200, 429, 503)]
     spike = [s for s in samples if s.phase == "spike"]
-    spike_ok = all(s.status == 200 or (s.status in (429, 503) and s.retry_after) for s in spike)
+    spike_ok = all((s.status == 200 and s.correct is not False) or (s.status in (429, 503) and s.retry_after) for s in spike)
+    checked = [s for s in samples if s.correct is not None]
+    wrong = [s for s in checked if not s.correct]
     ok_latencies = [s.latency_s * 1000 for s in samples if s.status == 200]
 
     peaks = {name: max((r[1].get(name, 0) for r in recorder.replicas), default=0) for name in DEPLOYMENTS}
@@ -480,9 +514,12 @@ def report(recorder: Recorder, args, url: str, model: str, capacity: float, path
         "",
         f"- **Replicas rose and fell**: peak RUNNING {peaks}, at start {starts}, at the end {ends}. "
         f"Rose: {', '.join(rose) or 'none'}; fell back after the load: {', '.join(fell) or 'none'}.",
-        f"- **Spike**: {len(spike)} requests; every one got 200 or 429/503 with Retry-After: "
+        f"- **Spike**: {len(spike)} requests; every one got a correct answer or 429/503 with Retry-After: "
         f"**{'yes' if spike_ok else 'NO'}** ({sum(1 for s in spike if s.status == 200)} x 200, "
         f"{sum(1 for s in spike if s.status == 429)} x 429, {sum(1 for s in spike if s.status == 503)} x 503).",
+        (f"- **Answers checked** (whole run): {len(checked)} of the 200s against the same model scored in the load "
+         f"generator's process (every passage once, sorted, each raw score within 1e-3): **{len(wrong)} wrong**."
+         if args.expected else "- Answers were not checked (no local model directory given)."),
         f"- **Rejections without Retry-After**: {len(without_retry_after)}. "
         f"**Other statuses, timeouts or connection errors** (whole run): {len(other)}"
         + (f" ({sorted({s.status for s in other})})" if other else "")
@@ -512,7 +549,7 @@ def report(recorder: Recorder, args, url: str, model: str, capacity: float, path
                   + ("." if args.url else f", with `RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S={deadline}`.")]
     lines += ["", f"![load report]({png.name})", ""]
     path.write_text("\n".join(lines))
-    return {"spike_ok": spike_ok, "other": len(other), "rose": rose, "fell": fell, "rss_growth_pct": growth}
+    return {"spike_ok": spike_ok, "other": len(other), "wrong": len(wrong), "rose": rose, "fell": fell, "rss_growth_pct": growth}
 
 
 def parse_args(argv=None):
@@ -580,6 +617,8 @@ def main(argv=None) -> int:
         url, model = start_local_service(args.model, args.upscale_delay_s, args.downscale_delay_s)
         with_ray = True
     print(f"target {url}", flush=True)
+    # The model the service runs, when it is a local directory: answers are checked against it.
+    args.model_dir = model if Path(model).is_dir() else None
     args.logs_dir = None
     if with_ray:
         import ray
@@ -607,7 +646,7 @@ def main(argv=None) -> int:
 
         serve.shutdown()
         ray.shutdown()
-    return 0 if summary["spike_ok"] and summary["other"] == 0 else 1
+    return 0 if summary["spike_ok"] and summary["other"] == 0 and summary["wrong"] == 0 else 1
 
 
 if __name__ == "__main__":
