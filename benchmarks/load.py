@@ -207,31 +207,28 @@ def serve_process_pids() -> dict[int, str]:
     }
 
 
-def rss_snapshot() -> dict[int, tuple[str, int]]:
+def sample_processes(pids: dict[int, str], measure) -> dict[int, tuple]:
+    """pid -> (name, measure(psutil.Process)) for each process still alive."""
     import psutil
 
     snapshot = {}
-    for pid, name in serve_process_pids().items():
+    for pid, name in pids.items():
         try:
-            snapshot[pid] = (name, psutil.Process(pid).memory_info().rss)
+            snapshot[pid] = (name, measure(psutil.Process(pid)))
         except psutil.Error:
             pass
     return snapshot
 
 
-def cpu_snapshot() -> dict[int, tuple[str, float]]:
-    """pid -> (name, user + system CPU seconds) of the Serve processes and of this load generator."""
-    import psutil
+def rss_snapshot(pids: dict[int, str] | None = None) -> dict[int, tuple[str, int]]:
+    """pid -> (name, RSS bytes) of the Serve processes (looked up when `pids` is not given)."""
+    return sample_processes(serve_process_pids() if pids is None else pids, lambda process: process.memory_info().rss)
 
-    processes = {**serve_process_pids(), os.getpid(): "load generator (this process)"}
-    snapshot = {}
-    for pid, name in processes.items():
-        try:
-            times = psutil.Process(pid).cpu_times()
-            snapshot[pid] = (name, times.user + times.system)
-        except psutil.Error:
-            pass
-    return snapshot
+
+def cpu_snapshot(pids: dict[int, str]) -> dict[int, tuple[str, float]]:
+    """pid -> (name, user + system CPU seconds) of these Serve processes and of this load generator."""
+    everyone = {**pids, os.getpid(): "load generator (this process)"}
+    return sample_processes(everyone, lambda process: sum(process.cpu_times()[:2]))  # user + system
 
 
 def running_replicas(app: str) -> dict[str, int]:
@@ -244,15 +241,16 @@ def running_replicas(app: str) -> dict[str, int]:
 
 
 def monitor(recorder: Recorder, app: str, stop: threading.Event, with_ray: bool) -> None:
-    """Samples replicas every second and RSS every 2 s, in a thread, until stopped."""
+    """Samples replicas every second and RSS and CPU time every 2 s, in a thread, until stopped."""
     tick = 0
     while not stop.is_set():
         if with_ray:
             try:
                 recorder.replicas.append((recorder.now(), running_replicas(app)))
                 if tick % 2 == 0:
-                    recorder.rss.append((recorder.now(), rss_snapshot()))
-                    recorder.cpu.append((recorder.now(), cpu_snapshot()))
+                    pids = serve_process_pids()
+                    recorder.rss.append((recorder.now(), rss_snapshot(pids)))
+                    recorder.cpu.append((recorder.now(), cpu_snapshot(pids)))
             except Exception as exc:  # noqa: BLE001 - a missed sample must not stop the run
                 print(f"monitor: {type(exc).__name__}: {exc}", file=sys.stderr)
         tick += 1
