@@ -1,8 +1,9 @@
 """ONNX Runtime backend for CPU scoring: export once, cache beside the model, optionally int8.
 
 The fp32 file is the `torch.onnx.export` graph fused by ORT's BERT optimizer (Attention,
-SkipLayerNorm, BiasGelu); the int8 file is that fused graph with dynamically quantized (QInt8)
-weights. Both live in
+SkipLayerNorm, BiasGelu); the int8 file is that fused graph with its projections rewritten to
+int8 products (per-token activations, per-channel weights, smoothed: `deployments/onnx_int8.py`).
+Both live in
 `<onnx_cache_dir or ~/.cache/reranker/onnx>/<model id>/<revision or local-hash>/`,
 are exported at startup when missing, and can be baked into an image with
 `python -m deployments.onnx_backend export --model <id-or-dir> [--revision R] [--int8] [--cache-dir D]`.
@@ -26,12 +27,13 @@ import numpy as np
 
 from deployments.errors import ModelLoadError
 from deployments.settings import available_cpus
-from deployments.tokenization import _model_file, describe_load_failure, is_local_path, read_model_config
+from deployments.tokenization import _model_file, describe_load_failure, is_local_path, read_model_config, resolve_max_length
 
 logger = logging.getLogger("ray.serve")
 
 FP32_FILE = "model.onnx"
-INT8_FILE = "model-int8.onnx"
+# Named for the method: a cache written by the earlier per-tensor quantizer is not picked up.
+INT8_FILE = "model-int8-per-token.onnx"
 OPSET = 17
 
 
@@ -123,20 +125,18 @@ def export_fp32(model: str, revision: Optional[str], target: Path) -> None:
         _replace_atomically(fuse, target)
 
 
-def quantize_int8(source: Path, target: Path) -> None:
-    """Dynamic int8 quantization (QInt8 weights, activations quantized per batch at run time)."""
-    from onnx import TensorProto
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def quantize_int8(model: str, revision: Optional[str], source: Path, target: Path) -> None:
+    """int8 file from the fused fp32 one, calibrated with the model's own tokenizer (onnx_int8.py)."""
+    import onnx
 
-    # Shape inference cannot type the outputs of fused contrib ops (Attention, SkipLayerNorm);
-    # they are all float here, so say so instead of failing.
-    _replace_atomically(
-        lambda out: quantize_dynamic(
-            str(source), out, weight_type=QuantType.QInt8, per_channel=True,
-            extra_options={"DefaultTensorType": TensorProto.FLOAT},
-        ),
-        target,
-    )
+    from deployments import onnx_int8
+
+    fp32 = onnx.load(str(source))
+    input_names = {value.name for value in fp32.graph.input}
+    max_length = resolve_max_length(read_model_config(model, revision))
+    absmax = onnx_int8.activation_absmax(fp32, onnx_int8.calibration_batches(model, revision, input_names, max_length))
+    quantized = onnx_int8.quantize_model(fp32, absmax)
+    _replace_atomically(lambda out: onnx.save(quantized, out), target)
 
 
 def ensure_exported(model: str, revision: Optional[str] = None, int8: bool = False, cache_root: Optional[str] = None) -> Path:
@@ -154,13 +154,13 @@ def ensure_exported(model: str, revision: Optional[str] = None, int8: bool = Fal
     quantized = directory / INT8_FILE
     if not quantized.is_file():
         started = time.perf_counter()
-        quantize_int8(fp32, quantized)
+        quantize_int8(model, revision, fp32, quantized)
         logger.info("Quantized %s to %s in %.1f s", model, quantized, time.perf_counter() - started)
     return quantized
 
 
 class OnnxBackend:
-    """Forward pass through an ONNX Runtime CPU session (fp32 fused, or int8 weights)."""
+    """Forward pass through an ONNX Runtime CPU session (fp32 fused, or its int8 rewrite)."""
 
     def __init__(self, path: Path, name: str, pad_token_id: int, threads: int):
         import onnxruntime as ort
@@ -198,7 +198,7 @@ def main(argv=None) -> int:
     export = commands.add_parser("export", help="export the ONNX files of a model into the cache")
     export.add_argument("--model", required=True, help="hub id or local directory")
     export.add_argument("--revision", default=None)
-    export.add_argument("--int8", action="store_true", help="also write the int8 (dynamic quantization) file")
+    export.add_argument("--int8", action="store_true", help="also write the int8 file (calibrated, per-token)")
     export.add_argument("--cache-dir", default=None, help="cache root (default ~/.cache/reranker/onnx)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
