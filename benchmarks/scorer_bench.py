@@ -395,21 +395,25 @@ def main(argv=None) -> int:
         configs = [(16, 4096), (8, 4096), (32, 8192)] if args.quick else [(16, 4096), (4, 4096), (8, 4096), (8, 2048), (32, 8192)]
         score, reconfigure = project_scorer(model_dir)
         for size, budget in configs:
-            label = f"ModelScorer torch b{size}/{budget}" + (" (default)" if (size, budget) == (16, 4096) else "")
-            methods.append(Method(label, score, lambda s=size, b=budget, r=reconfigure: r(s, b)))
+            methods.append(Method(f"ModelScorer torch b{size}/{budget}", score, lambda s=size, b=budget, r=reconfigure: r(s, b)))
     if not args.no_onnx:
         try:
             import deployments.onnx_backend  # noqa: F401
         except ImportError as exc:
             print(f"onnx backends skipped: {exc}")
         else:
+            from deployments.model import DEVICE_BATCH_DEFAULTS
+
+            # backend auto is onnx on CPU, with the CPU batch defaults
+            cpu_default = (DEVICE_BATCH_DEFAULTS["cpu"]["max_batch_size"], DEVICE_BATCH_DEFAULTS["cpu"]["max_batch_tokens"])
             cache = args.onnx_cache_dir or str(Path(tmp.name) / "onnx-cache")
             for backend in ("onnx", "onnx-int8"):
                 load = time.perf_counter()
                 score, reconfigure = project_scorer(model_dir, backend=backend, onnx_cache_dir=cache)
                 print(f"{backend} ready in {time.perf_counter() - load:.0f} s (export if not cached + load)", flush=True)
                 for size, budget in [(8, 4096), (16, 4096)]:
-                    methods.append(Method(f"ModelScorer {backend} b{size}/{budget}", score,
+                    default = backend == "onnx" and (size, budget) == cpu_default
+                    methods.append(Method(f"ModelScorer {backend} b{size}/{budget}" + (" (CPU default)" if default else ""), score,
                                           lambda s=size, b=budget, r=reconfigure: r(s, b)))
     results = measure(methods, workloads, reps)
 
