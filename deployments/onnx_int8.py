@@ -30,6 +30,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from deployments.errors import ModelLoadError
+
 # Calibration text: only the per-channel maximum of each quantized activation is taken from it,
 # which depends on the model far more than on the text. Kept apart from the benchmark workloads.
 CALIBRATION_QUERIES = (
@@ -179,8 +181,11 @@ def quantize_model(model, absmax: dict, alpha: float = SMOOTHING_ALPHA):
         # Attention(x, W_qkv, b_qkv, mask) -> MultiHeadAttention(split(int8(x @ W_qkv)), b_qkv, mask)
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         unsupported = set(attrs) - {"num_heads", "mask_filter_value", "scale"}
-        if unsupported or len(node.input) > 4 or "qkv_hidden_sizes" in attrs:
-            raise ValueError(f"cannot quantize Attention node {node.name} with {sorted(unsupported) or node.input}")
+        if unsupported or len(node.input) > 4:
+            raise ModelLoadError(
+                f"onnx-int8 cannot rewrite Attention node {node.name!r} (attributes {sorted(attrs)}, "
+                f"{len(node.input)} inputs); serve this model with backend onnx"
+            )
         qkv = f"{prefix}/qkv"
         _per_token_int8_matmul(nodes, initializers, prefix, activation, weight, absmax[activation], alpha, qkv)
         hidden = weight.shape[1] // 3

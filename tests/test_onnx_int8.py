@@ -21,6 +21,7 @@ from conftest import LONG_PASSAGE, MULTILINGUAL_TEXTS, QUERY
 from onnx import TensorProto, helper, numpy_helper
 
 from deployments import onnx_int8
+from deployments.errors import ModelLoadError
 from deployments.model import ModelScorer
 from deployments.onnx_backend import FP32_FILE, INT8_FILE, cache_dir_for, ensure_exported
 from deployments.settings import RerankerSettings
@@ -74,6 +75,20 @@ def test_quantized_matmul_matches_the_numpy_reference():
     quiet = np.ones(tokens, bool)
     quiet[3] = False
     assert np.max(np.abs(got[0, quiet] - exact[0, quiet])) <= 0.02 * np.max(np.abs(exact[0, quiet]))
+
+
+def test_an_attention_it_cannot_rewrite_is_a_clear_load_error():
+    hidden = 8
+    attention = helper.make_node("Attention", ["x", "w", "b"], ["y"], domain="com.microsoft", num_heads=2, unidirectional=1)
+    graph = helper.make_graph(
+        [attention], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.ones((hidden, 3 * hidden), np.float32), "w"),
+         numpy_helper.from_array(np.zeros(3 * hidden, np.float32), "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    with pytest.raises(ModelLoadError, match="unidirectional.*backend onnx"):
+        onnx_int8.quantize_model(model, {"x": np.ones(hidden, np.float32)})
 
 
 @pytest.fixture(scope="module")
