@@ -13,7 +13,7 @@ instead (benchmarks/RESULTS.md, section 3, has the measurements):
   absorb (SmoothQuant, Xiao et al. 2023): s_j = sqrt(max|x_j| / max|W_j|), with max|x_j|
   measured by running the fp32 model over a small built-in multilingual calibration set;
 - the products run in `MatMulInteger` (u8 x s8, the VNNI kernel); the zero point's share,
-  zp x column sums of the int8 weights, is subtracted exactly in int32 space, as float.
+  zp x column sums of the int8 weights, is subtracted from the integer result afterwards.
 
 Quantized: the QKV projection of every fused `Attention` op (it becomes int8 QKV + `Split` +
 `MultiHeadAttention`, which takes projected Q, K and V) and every `MatMul` with a 2-D weight (the
@@ -91,7 +91,7 @@ OPSET = 21
 _MS = "com.microsoft"
 
 
-def quantization_targets(model) -> list:
+def quantization_targets(model) -> dict:
     """{node index: (activation input, weight initializer)} for every node this quantizer rewrites."""
     weights = {init.name: init for init in model.graph.initializer}
     targets = {}
@@ -129,6 +129,7 @@ def activation_absmax(model, batches) -> dict:
 def _per_token_int8_matmul(graph_nodes: list, initializers: list, prefix: str, x: str, weight: np.ndarray,
                            x_absmax: np.ndarray, alpha: float, output: str) -> None:
     """Appends the nodes computing `output` ~= x @ weight with int8 products (see the module doc)."""
+
     def const(name: str, value) -> str:
         initializers.append(numpy_helper.from_array(np.asarray(value), f"{prefix}/{name}"))
         return f"{prefix}/{name}"
@@ -195,7 +196,8 @@ def quantize_model(model, absmax: dict, alpha: float = SMOOTHING_ALPHA):
         mask = node.input[3] if len(node.input) > 3 else ""
         nodes.append(helper.make_node("MultiHeadAttention", parts + [node.input[2], mask], list(node.output),
                                       name=f"{prefix}/attention", domain=_MS, **attrs))
-    kept = [init for init in model.graph.initializer if init.name not in replaced_weights]
+    still_used = {name for node in nodes for name in node.input}
+    kept = [init for init in model.graph.initializer if init.name not in replaced_weights or init.name in still_used]
     graph = helper.make_graph(nodes, model.graph.name, list(model.graph.input), list(model.graph.output),
                               kept + initializers)
     opsets = [helper.make_opsetid(o.domain, OPSET if o.domain in ("", "ai.onnx") else o.version) for o in model.opset_import]

@@ -19,13 +19,15 @@ import pytest
 import torch
 from conftest import LONG_PASSAGE, MULTILINGUAL_TEXTS, QUERY
 from onnx import TensorProto, helper, numpy_helper
+from transformers import AutoModelForSequenceClassification
 
 from deployments import onnx_int8
+from deployments.batching import collate
 from deployments.errors import ModelLoadError
 from deployments.model import ModelScorer
 from deployments.onnx_backend import FP32_FILE, INT8_FILE, cache_dir_for, ensure_exported
 from deployments.settings import RerankerSettings
-from deployments.tokenization import PairEncoder, load_tokenizer
+from deployments.tokenization import PairEncoder, load_tokenizer, read_model_config, resolve_max_length
 
 PASSAGES = [*MULTILINGUAL_TEXTS, "", LONG_PASSAGE]
 
@@ -126,11 +128,6 @@ def test_int8_score_of_a_pair_does_not_depend_on_its_batch(tiny_model_dir, int8_
 
 def _torch_emulation(model_dir) -> np.ndarray:
     """Raw scores of the tiny model in torch, every encoder Linear doing the int8 arithmetic."""
-    from transformers import AutoModelForSequenceClassification
-
-    from deployments.batching import collate
-    from deployments.tokenization import read_model_config, resolve_max_length
-
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), attn_implementation="eager").eval()
     linears = {name: module for name, module in model.named_modules()
                if isinstance(module, torch.nn.Linear) and ".encoder." in f".{name}."}
