@@ -159,3 +159,31 @@ def test_unknown_route_and_wrong_method_use_the_family_error_body(http):
     wrong = http.get("/v1/rerank")
     assert wrong.status_code == 405
     assert set(wrong.json()) == {"message"} and "POST" in wrong.headers["allow"]
+
+
+def test_opt_in_int8_backend_serves_its_own_scores(serve_cluster, tiny_model_dir):
+    """backend onnx-int8 through the whole app: /info names it, and /rerank returns the int8 model's
+    raw scores (exported, calibrated and quantized inside the scorer replica), sorted."""
+    import httpx
+    from serving_helpers import deployed, small_app
+
+    from deployments.model import ModelScorer
+    from deployments.settings import RerankerSettings
+    from deployments.tokenization import PairEncoder, load_tokenizer
+
+    settings = RerankerSettings(model=str(tiny_model_dir), device="cpu", backend="onnx-int8")
+    scorer = ModelScorer(settings)
+    encoder = PairEncoder(load_tokenizer(str(tiny_model_dir)), scorer.max_length, settings.max_query_tokens)
+    int8 = scorer.score_pairs(encoder.encode(QUERY, TEXTS)).raw
+    fp32, _ = reference_scores(tiny_model_dir, QUERY, TEXTS)
+    assert np.max(np.abs(int8 - fp32)) > 1e-4  # int8 is not the fp32 model: the check below can tell them apart
+
+    with deployed(serve_cluster, [small_app("int8", "/int8", args={"backend": "onnx-int8"})]):
+        with httpx.Client(base_url=serve_cluster.url + "/int8", timeout=60) as client:
+            assert client.get("/info").json()["scorers"][0]["backend"] == "onnx-int8"
+            response = client.post("/rerank", json={"query": QUERY, "texts": TEXTS, "raw_scores": True})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [item["index"] for item in body] == expected_order(int8)
+    for item in body:
+        assert item["score"] == pytest.approx(int8[item["index"]], abs=1e-5)
