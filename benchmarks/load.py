@@ -317,15 +317,24 @@ def throughput(samples: list, phase: str) -> float:
     return len(done) / max(span, 1e-6)
 
 
-async def run_load(url: str, recorder: Recorder, args) -> float:
-    rng = random.Random(args.seed)
+def prepare_requests(args, rng: random.Random) -> None:
+    """args.bodies (encoded before the run) and args.expected (their in-process raw scores, when
+    args.model_dir is the service's model; None otherwise)."""
     args.bodies = request_bodies(rng, args.min_docs, args.max_docs)
     args.expected = expected_scores(args.model_dir, args.bodies) if args.model_dir else None
+
+
+def client_session(url: str, connections: int, timeout_s: float) -> aiohttp.ClientSession:
     # aiohttp rather than httpx: at hundreds of connections httpx's pool costs enough CPU, on the
     # service's own cores, to delay the requests it measures.
-    connector = aiohttp.TCPConnector(limit=args.max_in_flight + args.concurrency)
-    timeout = aiohttp.ClientTimeout(total=args.timeout_s)
-    async with aiohttp.ClientSession(base_url=url, connector=connector, timeout=timeout) as client:
+    return aiohttp.ClientSession(base_url=url, connector=aiohttp.TCPConnector(limit=connections),
+                                 timeout=aiohttp.ClientTimeout(total=timeout_s))
+
+
+async def run_load(url: str, recorder: Recorder, args) -> float:
+    rng = random.Random(args.seed)
+    prepare_requests(args, rng)
+    async with client_session(url, args.max_in_flight + args.concurrency, args.timeout_s) as client:
 
         async def phase(name, duration_s, runner, schedule):
             start = recorder.now()
