@@ -19,6 +19,13 @@ def expected_order(scores: np.ndarray) -> list[int]:
     return sorted(range(len(scores)), key=lambda i: (-scores[i], i))
 
 
+def assert_ranked(body: list, scores: np.ndarray, tolerance: float) -> None:
+    """A TEI /rerank answer: every passage once, in the order of `scores`, each with its score."""
+    assert [item["index"] for item in body] == expected_order(scores)
+    for item in body:
+        assert item["score"] == pytest.approx(scores[item["index"]], abs=tolerance)
+
+
 def test_health_ready_and_info(http, tiny_model_dir):
     assert http.get("/health").json() == {"status": "ok"}
     assert http.get("/ready").status_code == 200
@@ -35,15 +42,11 @@ def test_tei_rerank_matches_reference(http, tiny_model_dir):
     response = http.post("/rerank", json={"query": QUERY, "texts": TEXTS, "return_text": True})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert [item["index"] for item in body] == expected_order(normalized)
-    for item in body:
-        assert item["score"] == pytest.approx(normalized[item["index"]], abs=1e-4)
-        assert item["text"] == TEXTS[item["index"]]
+    assert_ranked(body, normalized, 1e-4)
+    assert all(item["text"] == TEXTS[item["index"]] for item in body)
     raw_body = http.post("/rerank", json={"query": QUERY, "texts": TEXTS, "raw_scores": True}).json()
-    assert [item["index"] for item in raw_body] == expected_order(raw)
-    for item in raw_body:
-        assert item["score"] == pytest.approx(raw[item["index"]], abs=1e-4)
-        assert "text" not in item
+    assert_ranked(raw_body, raw, 1e-4)
+    assert all("text" not in item for item in raw_body)
 
 
 def test_elasticsearch_hugging_face_body(http, tiny_model_dir):
@@ -183,7 +186,4 @@ def test_opt_in_int8_backend_serves_its_own_scores(serve_cluster, tiny_model_dir
             assert client.get("/info").json()["scorers"][0]["backend"] == "onnx-int8"
             response = client.post("/rerank", json={"query": QUERY, "texts": TEXTS, "raw_scores": True})
     assert response.status_code == 200, response.text
-    body = response.json()
-    assert [item["index"] for item in body] == expected_order(int8)
-    for item in body:
-        assert item["score"] == pytest.approx(int8[item["index"]], abs=1e-5)
+    assert_ranked(response.json(), int8, 1e-5)
