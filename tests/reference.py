@@ -1,4 +1,5 @@
-"""The model card's reference usage, for comparing scores in tests: one pair at a time."""
+"""For comparing scores in tests: the model card's reference usage (one pair at a time), and
+this project's own in-process path (PairEncoder, then ModelScorer)."""
 
 from __future__ import annotations
 
@@ -34,3 +35,24 @@ def reference_scores(model_dir, query: str, passages: list[str], max_length: int
                 raw.append(float(logits[1]))
                 normalized.append(float(torch.softmax(logits, dim=0)[1]))
     return np.array(raw), np.array(normalized)
+
+
+class Ours:
+    """This project's path: PairEncoder (torch-free tokenizer) then ModelScorer, on CPU.
+
+    `settings` are RerankerSettings fields (backend, dtype, onnx_cache_dir, max_batch_size...).
+    """
+
+    def __init__(self, model_dir, **settings):
+        from deployments.model import ModelScorer
+        from deployments.settings import RerankerSettings
+        from deployments.tokenization import PairEncoder, load_tokenizer
+
+        self.settings = RerankerSettings(model=str(model_dir), device="cpu", **settings)
+        self.scorer = ModelScorer(self.settings)
+        self.encoder = PairEncoder(load_tokenizer(str(model_dir)), self.scorer.max_length, self.settings.max_query_tokens)
+
+    def score(self, query, passages, **options):
+        """(EncodedPairs, PairScores) of the passages against the query."""
+        encoded = self.encoder.encode(query, passages, **options)
+        return encoded, self.scorer.score_pairs(encoded)

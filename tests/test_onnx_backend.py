@@ -9,25 +9,17 @@ import sys
 import numpy as np
 import pytest
 from conftest import LONG_PASSAGE, MULTILINGUAL_TEXTS, QUERY
+from reference import Ours
 
-from deployments.model import ModelScorer
 from deployments.onnx_backend import FP32_FILE, INT8_FILE, cache_dir_for
-from deployments.settings import RerankerSettings
-from deployments.tokenization import PairEncoder, load_tokenizer
 
 PASSAGES = [*MULTILINGUAL_TEXTS[:6], "", LONG_PASSAGE]  # an empty one, and one truncated at max_length
 
 
 def _scores(model_dir, backend: str, cache_dir) -> tuple:
-    settings = RerankerSettings(
-        model=str(model_dir), device="cpu", dtype="float32", backend=backend, onnx_cache_dir=str(cache_dir),
-        max_batch_size=3,
-    )
-    scorer = ModelScorer(settings)
-    encoder = PairEncoder(load_tokenizer(str(model_dir)), scorer.max_length, settings.max_query_tokens)
-    pairs = encoder.encode(QUERY, PASSAGES)
-    logits = scorer.forward_logits(*_dense(pairs))
-    return scorer, scorer.score_pairs(pairs), logits
+    ours = Ours(model_dir, dtype="float32", backend=backend, onnx_cache_dir=str(cache_dir), max_batch_size=3)
+    pairs, scores = ours.score(QUERY, PASSAGES)
+    return ours.scorer, scores, ours.scorer.forward_logits(*_dense(pairs))
 
 
 def _dense(pairs):

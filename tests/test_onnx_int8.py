@@ -19,12 +19,12 @@ import pytest
 import torch
 from conftest import LONG_PASSAGE, MULTILINGUAL_TEXTS, QUERY
 from onnx import TensorProto, helper, numpy_helper
+from reference import Ours
 from transformers import AutoModelForSequenceClassification
 
 from deployments import onnx_int8
 from deployments.batching import collate
 from deployments.errors import ModelLoadError
-from deployments.model import ModelScorer
 from deployments.onnx_backend import FP32_FILE, INT8_FILE, cache_dir_for, ensure_exported
 from deployments.settings import RerankerSettings
 from deployments.tokenization import PairEncoder, load_tokenizer, read_model_config, resolve_max_length
@@ -113,11 +113,8 @@ def test_rewrite_quantizes_every_projection(tiny_model_dir, int8_cache):
 
 
 def _scores(model_dir, cache, backend: str, max_batch_size: int):
-    settings = RerankerSettings(model=str(model_dir), device="cpu", dtype="float32", backend=backend,
-                                onnx_cache_dir=str(cache), max_batch_size=max_batch_size)
-    scorer = ModelScorer(settings)
-    encoder = PairEncoder(load_tokenizer(str(model_dir)), scorer.max_length, settings.max_query_tokens)
-    return scorer.score_pairs(encoder.encode(QUERY, PASSAGES)).raw
+    ours = Ours(model_dir, dtype="float32", backend=backend, onnx_cache_dir=str(cache), max_batch_size=max_batch_size)
+    return ours.score(QUERY, PASSAGES)[1].raw
 
 
 def test_int8_score_of_a_pair_does_not_depend_on_its_batch(tiny_model_dir, int8_cache):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import LONG_PASSAGE, MULTILINGUAL_PAIRS
+from reference import Ours
 
 from deployments.batching import max_by_doc
 from deployments.model import ModelScorer
@@ -54,18 +55,6 @@ class Reference:
         return self.score_ids(encoded["input_ids"][0].tolist(), encoded["token_type_ids"][0].tolist())
 
 
-class Ours:
-    """This project's path: PairEncoder (torch-free tokenizer) then ModelScorer."""
-
-    def __init__(self, model_dir, backend="auto"):
-        self.scorer = ModelScorer(RerankerSettings(model=str(model_dir), device="cpu", backend=backend))
-        self.encoder = PairEncoder(load_tokenizer(str(model_dir)), max_length=512, max_query_tokens=256)
-
-    def score(self, query, passages, **options):
-        encoded = self.encoder.encode(query, passages, **options)
-        return encoded, self.scorer.score_pairs(encoded)
-
-
 @pytest.fixture(
     scope="module",
     params=[("tiny_model_dir", "auto"), ("tiny_model_dir_1label", "auto"), ("tiny_model_dir", "torch"), ("tiny_model_dir_1label", "torch")],
@@ -75,7 +64,7 @@ def models(request):
     """Our scorer through the CPU default backend (onnx) and through torch, with the reference."""
     fixture, backend = request.param
     model_dir = request.getfixturevalue(fixture)
-    return Ours(model_dir, backend), Reference(model_dir)
+    return Ours(model_dir, backend=backend), Reference(model_dir)
 
 
 def pair_ids(encoded, i):

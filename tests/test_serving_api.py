@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 from conftest import MULTILINGUAL_TEXTS, QUERY
-from reference import reference_scores
+from reference import Ours, reference_scores
 
 pytestmark = pytest.mark.serving
 
@@ -170,14 +170,7 @@ def test_opt_in_int8_backend_serves_its_own_scores(serve_cluster, tiny_model_dir
     import httpx
     from serving_helpers import deployed, small_app
 
-    from deployments.model import ModelScorer
-    from deployments.settings import RerankerSettings
-    from deployments.tokenization import PairEncoder, load_tokenizer
-
-    settings = RerankerSettings(model=str(tiny_model_dir), device="cpu", backend="onnx-int8")
-    scorer = ModelScorer(settings)
-    encoder = PairEncoder(load_tokenizer(str(tiny_model_dir)), scorer.max_length, settings.max_query_tokens)
-    int8 = scorer.score_pairs(encoder.encode(QUERY, TEXTS)).raw
+    int8 = Ours(tiny_model_dir, backend="onnx-int8").score(QUERY, TEXTS)[1].raw
     fp32, _ = reference_scores(tiny_model_dir, QUERY, TEXTS)
     assert np.max(np.abs(int8 - fp32)) > 1e-4  # int8 is not the fp32 model: the check below can tell them apart
 
