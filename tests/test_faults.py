@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import MULTILINGUAL_TEXTS, QUERY, reranker_app
 from reference import reference_scores
-from serving_helpers import poll
+from serving_helpers import files_containing, logs_dir, poll
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
@@ -207,8 +207,6 @@ def test_model_that_cannot_load_keeps_the_app_not_ready(fault_apps, broken_model
     assert "Cannot load model" in scorer.message and str(broken_model_dir) in scorer.message, scorer.message
     # The same message is in Serve's logs (the controller logs each failed replica start), not only
     # in its status.
-    from serving_helpers import files_containing, logs_dir
-
     logged = files_containing([f"Cannot load model '{broken_model_dir}'"], logs_dir() / "serve")
     assert any(name.startswith("controller_") for name in next(iter(logged.values()))), logged
     with httpx.Client(base_url=url, timeout=30) as http:
