@@ -124,10 +124,6 @@ def quantize_variant(fp32: Path, variant: str, target: Path) -> Path:
 
     logging.getLogger().setLevel(logging.WARNING)  # the quantizers log every node at INFO
     source = str(fp32)
-    if variant == "per-tensor":
-        quantize_dynamic(source, str(target), weight_type=QuantType.QInt8, per_channel=True,
-                         extra_options={"DefaultTensorType": TensorProto.FLOAT})
-        return target
     if variant in ("weight-only", "hybrid"):
         config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4, bits=8)
         quantizer = MatMulNBitsQuantizer(onnx.load(source), algo_config=config)
@@ -136,7 +132,9 @@ def quantize_variant(fp32: Path, variant: str, target: Path) -> Path:
         quantizer.model.save_model_to_file(source, False)
         if variant == "weight-only":
             return Path(source)
-    quantize_dynamic(source, str(target), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["Attention"],
+    # per-tensor: every MatMul and Attention (None: all the op types it knows); the others: Attention only.
+    op_types = None if variant == "per-tensor" else ["Attention"]
+    quantize_dynamic(source, str(target), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=op_types,
                      extra_options={"DefaultTensorType": TensorProto.FLOAT})
     return target
 
