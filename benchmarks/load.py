@@ -426,11 +426,8 @@ def probe_timeouts(logs_dir: str | None) -> int | None:
     """How often the proxy's router gave up waiting for a replica's queue length (Serve logs a warning)."""
     if not logs_dir:
         return None
-    return sum(
-        line.count("Failed to get queue length")
-        for path in Path(logs_dir, "serve").glob("proxy_*.log")
-        for line in path.read_text(errors="replace").splitlines()
-    )
+    return sum(path.read_text(errors="replace").count("Failed to get queue length")
+               for path in Path(logs_dir, "serve").glob("proxy_*.log"))
 
 
 def cpu_table(recorder: Recorder) -> list[str]:
@@ -591,6 +588,34 @@ def check_local(url: str) -> None:
         raise SystemExit(f"refusing to load {host}: this tool only targets 127.0.0.1")
 
 
+def connect(args, upscale_delay_s: float, downscale_delay_s: float) -> tuple[str, str, bool]:
+    """(url, model, with_ray): the running app of --url (Ray joined when --ray-address is given),
+    or a local service started here. Sets args.model_dir, the model the service runs when it is a
+    local directory: answers are checked against it."""
+    if args.url:
+        check_local(args.url)
+        url, model, with_ray = args.url.rstrip("/"), args.model or "(remote)", bool(args.ray_address)
+        if with_ray:
+            import ray
+
+            ray.init(address=args.ray_address, log_to_driver=False)
+    else:
+        url, model = start_local_service(args.model, upscale_delay_s, downscale_delay_s)
+        with_ray = True
+    args.model_dir = model if Path(model).is_dir() else None
+    return url, model, with_ray
+
+
+def stop_local_service(args) -> None:
+    """Shuts down the Serve app and the Ray that connect() started (nothing with --url)."""
+    if not args.url:
+        import ray
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+
+
 def wait_for_downscale(recorder: Recorder, app: str, cooldown_s: float, with_ray: bool) -> None:
     if not with_ray:
         time.sleep(min(cooldown_s, 5))
@@ -612,20 +637,8 @@ def wait_for_downscale(recorder: Recorder, app: str, cooldown_s: float, with_ray
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.url:
-        check_local(args.url)
-        url, model = args.url.rstrip("/"), args.model or "(remote)"
-        with_ray = bool(args.ray_address)
-        if with_ray:
-            import ray
-
-            ray.init(address=args.ray_address, log_to_driver=False)
-    else:
-        url, model = start_local_service(args.model, args.upscale_delay_s, args.downscale_delay_s)
-        with_ray = True
+    url, model, with_ray = connect(args, args.upscale_delay_s, args.downscale_delay_s)
     print(f"target {url}", flush=True)
-    # The model the service runs, when it is a local directory: answers are checked against it.
-    args.model_dir = model if Path(model).is_dir() else None
     args.logs_dir = None
     if with_ray:
         import ray
@@ -647,12 +660,7 @@ def main(argv=None) -> int:
     plot(recorder, png)
     summary = report(recorder, args, url, model, capacity, md, png)
     print(md.read_text())
-    if not args.url:
-        import ray
-        from ray import serve
-
-        serve.shutdown()
-        ray.shutdown()
+    stop_local_service(args)
     return 0 if summary["spike_ok"] and summary["other"] == 0 and summary["wrong"] == 0 else 1
 
 

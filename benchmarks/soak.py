@@ -21,7 +21,6 @@ import collections
 import random
 import sys
 import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -57,38 +56,26 @@ async def steady_load(url: str, args, recorder: load.Recorder) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.url:
-        load.check_local(args.url)
-        url, model, with_ray = args.url.rstrip("/"), args.model or "(remote)", bool(args.ray_address)
-        if with_ray:
-            import ray
+    # A local service keeps serve_config.yaml's own autoscaling (a slow downscale, as shipped).
+    url, model, with_ray = load.connect(args, upscale_delay_s=5, downscale_delay_s=60)
 
-            ray.init(address=args.ray_address, log_to_driver=False)
-    else:
-        # Fixed replicas would hide nothing here; serve_config.yaml's own autoscaling is kept.
-        url, model = load.start_local_service(args.model, upscale_delay_s=5, downscale_delay_s=60)
-        with_ray = True
-    args.model_dir = model if Path(model).is_dir() else None
-
-    samples: list[tuple[float, dict]] = []
+    recorder = load.Recorder()
     stop = threading.Event()
-    started = time.monotonic()
 
     def sampler() -> None:
         while not stop.is_set():
             if with_ray:
-                samples.append((time.monotonic() - started, load.rss_snapshot()))
+                recorder.rss.append((recorder.now(), load.rss_snapshot()))
             stop.wait(args.sample_s)
 
     thread = threading.Thread(target=sampler, daemon=True)
     thread.start()
-    recorder = load.Recorder()
     print(f"soak: {args.minutes} min at {args.concurrency} clients against {url}", flush=True)
     asyncio.run(steady_load(url, args, recorder))
     stop.set()
     thread.join(timeout=30)
     if with_ray:
-        samples.append((time.monotonic() - started, load.rss_snapshot()))
+        recorder.rss.append((recorder.now(), load.rss_snapshot()))
 
     statuses = dict(sorted(collections.Counter(sample.status for sample in recorder.samples).items()))
     latencies = [sample.latency_s for sample in recorder.samples if sample.status == 200]
@@ -109,9 +96,9 @@ def main(argv=None) -> int:
         "",
     ]
     verdict_ok = True
-    if samples:
-        first, last = samples[0][1], samples[-1][1]
-        warm = next((s[1] for s in samples if s[0] >= args.warmup_s), last)
+    if recorder.rss:
+        first, last = recorder.rss[0][1], recorder.rss[-1][1]
+        warm = next((snapshot for t, snapshot in recorder.rss if t >= args.warmup_s), last)
         lines += [
             f"RSS per Serve process (start: before load; warm: first sample after {args.warmup_s:.0f} s; end).",
             "",
@@ -132,12 +119,7 @@ def main(argv=None) -> int:
         lines += ["", f"Every replica within 10% growth after the warm-up: **{'yes' if verdict_ok else 'NO'}**."]
     args.report.write_text("\n".join(lines) + "\n")
     print(args.report.read_text())
-    if not args.url:
-        import ray
-        from ray import serve
-
-        serve.shutdown()
-        ray.shutdown()
+    load.stop_local_service(args)
     failures = sum(count for code, count in statuses.items() if code != 200)
     return 0 if failures == 0 and wrong == 0 and verdict_ok else 1
 
