@@ -125,7 +125,7 @@ def export_fp32(model: str, revision: Optional[str], target: Path) -> None:
         _replace_atomically(fuse, target)
 
 
-def quantize_int8(model: str, revision: Optional[str], source: Path, target: Path) -> None:
+def quantize_int8(model: str, revision: Optional[str], max_length: int, source: Path, target: Path) -> None:
     """int8 file from the fused fp32 one, calibrated with the model's own tokenizer (onnx_int8.py)."""
     import onnx
 
@@ -133,7 +133,6 @@ def quantize_int8(model: str, revision: Optional[str], source: Path, target: Pat
 
     fp32 = onnx.load(str(source))
     input_names = {value.name for value in fp32.graph.input}
-    max_length = resolve_max_length(read_model_config(model, revision))
     absmax = onnx_int8.activation_absmax(fp32, onnx_int8.calibration_batches(model, revision, input_names, max_length))
     quantized = onnx_int8.quantize_model(fp32, absmax)
     _replace_atomically(lambda out: onnx.save(quantized, out), target)
@@ -141,7 +140,7 @@ def quantize_int8(model: str, revision: Optional[str], source: Path, target: Pat
 
 def ensure_exported(model: str, revision: Optional[str] = None, int8: bool = False, cache_root: Optional[str] = None) -> Path:
     """Path of the cached fp32 (or int8) ONNX file, exporting what is missing."""
-    read_model_config(model, revision)  # a clear ModelLoadError for a missing or unreachable model
+    config = read_model_config(model, revision)  # a clear ModelLoadError for a missing or unreachable model
     directory = cache_dir_for(model, revision, cache_root)
     directory.mkdir(parents=True, exist_ok=True)
     fp32 = directory / FP32_FILE
@@ -154,7 +153,7 @@ def ensure_exported(model: str, revision: Optional[str] = None, int8: bool = Fal
     quantized = directory / INT8_FILE
     if not quantized.is_file():
         started = time.perf_counter()
-        quantize_int8(model, revision, fp32, quantized)
+        quantize_int8(model, revision, resolve_max_length(config), fp32, quantized)
         logger.info("Quantized %s to %s in %.1f s", model, quantized, time.perf_counter() - started)
     return quantized
 
