@@ -13,7 +13,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import LONG_PASSAGE, MULTILINGUAL_PAIRS
+from conftest import LONG_PASSAGE, MULTILINGUAL_PAIRS, QUERY
 from reference import Ours
 
 from deployments.batching import max_by_doc
@@ -23,7 +23,6 @@ from deployments.tokenization import PairEncoder, load_tokenizer
 from tiny_models import CORPUS
 
 TOLERANCE = 1e-4
-QUERY = "what is the capital of france"
 PASSAGES = [p for _, p in MULTILINGUAL_PAIRS]
 
 
