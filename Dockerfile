@@ -37,12 +37,12 @@ ENV HF_HOME=/home/ray/hf-cache \
 # torch first, in its own layer: it is by far the largest and changes least.
 RUN PIP_EXTRA_INDEX_URL="$TORCH_INDEX_URL" pip install --no-cache-dir "torch==2.13.0"
 
-# The project (package `reranker`, importable as `deployments`) and its pinned dependencies.
+# The project (packages `deployments` and `reranker`) and its pinned dependencies.
 # .dockerignore keeps tests, benchmarks, k8s/ and virtualenvs out of the context.
 COPY --chown=1000:100 . /home/ray/app
 WORKDIR /home/ray/app
 RUN PIP_EXTRA_INDEX_URL="$TORCH_INDEX_URL" pip install --no-cache-dir "torch==2.13.0" . \
-    && python -c "import ray, deployments; assert ray.__version__ == '2.60.0', ray.__version__"
+    && python -c "import ray, deployments.app, reranker; assert ray.__version__ == '2.60.0', ray.__version__"
 
 # Optional: bake the model into HF_HOME (the Kubernetes manifests use a cache volume instead).
 RUN --mount=type=secret,id=hf_token,uid=1000,required=false \

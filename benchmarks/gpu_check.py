@@ -82,9 +82,10 @@ def free(device: str) -> None:
 
 
 def make_scorer(model_dir: str, device: str, dtype: str, **batch):
-    from deployments.model import ModelScorer
-    from deployments.settings import RerankerSettings
-    from deployments.tokenization import PairEncoder, load_tokenizer
+    from reranker.scoring import ModelScorer
+    from reranker.settings import RerankerSettings
+    from reranker.tokenization import PairEncoder
+    from reranker.model_files import load_tokenizer
 
     settings = RerankerSettings(model=model_dir, device=device, dtype=dtype, backend="torch", **batch)
     scorer = ModelScorer(settings)
@@ -213,7 +214,7 @@ def main(argv=None) -> int:
             if left() <= 0:
                 rows.append(f"| {tokens} | skipped (budget) | | | | |")
                 continue
-            from deployments.settings import BatchSettings
+            from reranker.settings import BatchSettings
 
             size = max(1, tokens // 16)
             scorer.reconfigure(BatchSettings(max_batch_tokens=tokens, max_batch_size=size))

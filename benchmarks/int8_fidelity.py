@@ -7,7 +7,7 @@ temp dir. Several multilingual queries x ~50 passages are scored through PairEnc
 ModelScorer with backends torch, onnx and onnx-int8; per query we report the Spearman rank
 correlation of raw scores (scipy.stats.spearmanr) and the overlap of the top 10.
 
-The shipped `onnx-int8` is deployments/onnx_int8.py: per-token activation scales, per-channel
+The shipped `onnx-int8` is reranker/backends/onnx_int8.py: per-token activation scales, per-channel
 weights, smoothing calibrated on its own built-in text (none of the sentences below).
 
 With `--variants`, it also builds int8 variants that the service does not ship from the same
@@ -158,7 +158,7 @@ def time_backends(scorer, backends: dict, encoded: list, rounds: int = 3) -> dic
 
 def variant_backends(scorer, model_dir: str, cache_dir: Path) -> dict:
     """name -> OnnxBackend for onnx, the shipped onnx-int8 and each variant of one model."""
-    from deployments.onnx_backend import OnnxBackend, ensure_exported
+    from reranker.backends.onnx import OnnxBackend, ensure_exported
 
     fp32 = ensure_exported(model_dir, None, int8=False, cache_root=str(cache_dir))
     shipped = ensure_exported(model_dir, None, int8=True, cache_root=str(cache_dir))
@@ -194,9 +194,10 @@ def main(argv=None) -> int:
     import torch
     from scipy.stats import spearmanr
 
-    from deployments.model import ModelScorer
-    from deployments.settings import RerankerSettings
-    from deployments.tokenization import PairEncoder, load_tokenizer
+    from reranker.scoring import ModelScorer
+    from reranker.settings import RerankerSettings
+    from reranker.tokenization import PairEncoder
+    from reranker.model_files import load_tokenizer
 
     torch.set_num_threads(os.cpu_count() or 1)
     tmp = tempfile.TemporaryDirectory(prefix="int8_fidelity_")

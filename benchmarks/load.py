@@ -89,9 +89,10 @@ def request_bodies(rng: random.Random, min_docs: int, max_docs: int, count: int 
 def expected_scores(model: str, bodies: list[bytes]) -> list:
     """Each body's raw scores, computed in this process the way the service computes them."""
     sys.path.insert(0, str(REPO_ROOT))
-    from deployments.model import ModelScorer
-    from deployments.settings import RerankerSettings
-    from deployments.tokenization import PairEncoder, load_tokenizer
+    from reranker.scoring import ModelScorer
+    from reranker.settings import RerankerSettings
+    from reranker.tokenization import PairEncoder
+    from reranker.model_files import load_tokenizer
 
     settings = RerankerSettings(model=model, device="cpu", dtype="float32", backend="torch")
     scorer = ModelScorer(settings)

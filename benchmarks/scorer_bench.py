@@ -9,7 +9,7 @@ in one process:
 
 Methods: (a) the model card's per-pair loop (the baseline), (b) `CrossEncoder.predict` at batch
 32, (c) this project's PairEncoder + ModelScorer at several (max_batch_size, max_batch_tokens),
-and (d) the onnx / onnx-int8 backends when `deployments.onnx_backend` is importable.
+and (d) the onnx / onnx-int8 backends when `reranker.backends.onnx` is importable.
 Tokenization is inside every timing.
 
 Useful FLOPs count only real (unpadded) tokens of each pair, T tokens, for the encoder:
@@ -252,9 +252,10 @@ def cross_encoder(model_dir: str, batch_size: int = 32) -> Callable:
 
 def project_scorer(model_dir: str, backend: str = "torch", **settings) -> tuple:
     """PairEncoder + ModelScorer (tokenization included); returns (score, reconfigure)."""
-    from deployments.model import ModelScorer
-    from deployments.settings import BatchSettings, RerankerSettings
-    from deployments.tokenization import PairEncoder, load_tokenizer
+    from reranker.scoring import ModelScorer
+    from reranker.settings import BatchSettings, RerankerSettings
+    from reranker.tokenization import PairEncoder
+    from reranker.model_files import load_tokenizer
 
     config = RerankerSettings(model=str(model_dir), device="cpu", dtype="float32", backend=backend, **settings)
     scorer = ModelScorer(config)
@@ -398,11 +399,11 @@ def main(argv=None) -> int:
             methods.append(Method(f"ModelScorer torch b{size}/{budget}", score, lambda s=size, b=budget, r=reconfigure: r(s, b)))
     if not args.no_onnx:
         try:
-            import deployments.onnx_backend  # noqa: F401
+            import reranker.backends.onnx  # noqa: F401
         except ImportError as exc:
             print(f"onnx backends skipped: {exc}")
         else:
-            from deployments.model import DEVICE_BATCH_DEFAULTS
+            from reranker.scoring import DEVICE_BATCH_DEFAULTS
 
             # backend auto is onnx on CPU, with the CPU batch defaults
             cpu_default = (DEVICE_BATCH_DEFAULTS["cpu"]["max_batch_size"], DEVICE_BATCH_DEFAULTS["cpu"]["max_batch_tokens"])

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 from ray import serve
 
-from deployments.batching import max_by_doc, padded_tokens, split_by_budget, unbatch
-from deployments.metrics import ScorerMetrics
-from deployments.settings import BatchSettings, RerankerSettings
-from deployments.tokenization import EncodedPairs
+from reranker.batching import max_by_doc, padded_tokens, split_by_budget, unbatch
+from reranker.messages import DocScores, EncodedPairs
+from reranker.metrics import ScorerMetrics
+from reranker.settings import BatchSettings, RerankerSettings
 
 logger = logging.getLogger("ray.serve")
 
@@ -24,17 +24,6 @@ class ScoreItem:
 
     pairs: EncodedPairs
     enqueued_at: float
-
-
-@dataclass
-class DocScores:
-    """Per-document scores of one request part, in document order."""
-
-    raw: np.ndarray
-    normalized: np.ndarray
-    chunks_per_doc: np.ndarray
-    total_tokens: int
-    query_truncated: bool
 
 
 def batch_padded_tokens(items: list[ScoreItem]) -> int:
@@ -53,7 +42,7 @@ class Scorer:
     """Scores encoded pairs with the cross-encoder; batch settings change live via user_config."""
 
     def __init__(self, settings: RerankerSettings):
-        from deployments.model import ModelScorer
+        from reranker.scoring import ModelScorer
 
         self.metrics = ScorerMetrics()
         self.core = ModelScorer(settings)
@@ -84,6 +73,7 @@ class Scorer:
             chunks_per_doc=pairs.chunks_per_doc(),
             total_tokens=pairs.total_tokens,
             query_truncated=pairs.query_truncated,
+            max_batch_tokens=self.core.batching.max_batch_tokens,
         )
 
     @serve.batch(max_batch_size=4096, batch_wait_timeout_s=0.005, batch_size_fn=batch_padded_tokens)

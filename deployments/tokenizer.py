@@ -1,6 +1,6 @@
 """Tokenizer deployment (CPU): turns queries and passages into numpy int32 pair arrays.
 
-Never imports torch (see deployments/tokenization.py).
+Never imports torch (see reranker/model_files.py).
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ import time
 
 from ray import serve
 
-from deployments.metrics import TokenizerMetrics
-from deployments.relevance import check_architecture
-from deployments.settings import RerankerSettings
-from deployments.tokenization import EncodedPairs, PairEncoder, PairRequest, load_tokenizer, read_model_config, resolve_max_length
+from reranker.metrics import TokenizerMetrics
+from reranker.relevance import check_architecture
+from reranker.settings import RerankerSettings
+from reranker.messages import EncodedPairs, PairRequest
+from reranker.tokenization import PairEncoder
+from reranker.model_files import load_tokenizer, read_model_config, resolve_max_length
 
 logger = logging.getLogger("ray.serve")
 

@@ -209,6 +209,6 @@ def tiny_model_dir_base(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_dir):
-    from deployments.tokenization import load_tokenizer
+    from reranker.model_files import load_tokenizer
 
     return load_tokenizer(str(tiny_model_dir))

@@ -44,9 +44,10 @@ class Ours:
     """
 
     def __init__(self, model_dir, **settings):
-        from deployments.model import ModelScorer
-        from deployments.settings import RerankerSettings
-        from deployments.tokenization import PairEncoder, load_tokenizer
+        from reranker.scoring import ModelScorer
+        from reranker.settings import RerankerSettings
+        from reranker.tokenization import PairEncoder
+        from reranker.model_files import load_tokenizer
 
         self.settings = RerankerSettings(model=str(model_dir), device="cpu", **settings)
         self.scorer = ModelScorer(self.settings)

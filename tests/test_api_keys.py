@@ -136,7 +136,7 @@ def test_keys_never_reach_the_logs(keyed_apps):
 
 def test_keys_are_compared_in_constant_time_against_every_key(monkeypatch):
     """Code-level: hmac.compare_digest against every configured key, whether or not one matches."""
-    from deployments import ingress
+    from reranker import server
 
     calls = []
 
@@ -144,13 +144,13 @@ def test_keys_are_compared_in_constant_time_against_every_key(monkeypatch):
         calls.append((a, b))
         return a == b
 
-    monkeypatch.setattr(ingress.hmac, "compare_digest", compare)
+    monkeypatch.setattr(server.hmac, "compare_digest", compare)
     keys = [b"key-one", b"key-two", b"key-three"]
 
-    ingress.check_api_key("Bearer key-one", keys)  # matches the first key, still compared with all three
+    server.check_api_key("Bearer key-one", keys)  # matches the first key, still compared with all three
     assert [b for _, b in calls] == keys and all(a == b"key-one" for a, _ in calls)
     for header in ("Bearer nope", "", "Basic key-one"):
         calls.clear()
-        with pytest.raises(ingress.UnauthenticatedError):
-            ingress.check_api_key(header, keys)
+        with pytest.raises(server.UnauthenticatedError):
+            server.check_api_key(header, keys)
         assert [b for _, b in calls] == keys

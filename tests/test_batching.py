@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deployments.batching import (
+from reranker.batching import (
     collate,
     max_by_doc,
     padded_tokens,
@@ -15,7 +15,7 @@ from deployments.batching import (
     split_documents,
     unbatch,
 )
-from deployments.tokenization import EncodedPairs
+from reranker.messages import EncodedPairs
 
 
 def make_pairs(rows: list[list[int]], doc_index=None, num_docs=None, query_truncated=False) -> EncodedPairs:

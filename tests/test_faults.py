@@ -235,7 +235,7 @@ def test_deadline_is_504_and_its_batch_neighbours_still_answer(fault_apps, tiny_
     through a deployment handle (no ingress deadline) is answered, correctly, after that 504."""
     from ray import serve
 
-    from deployments.tokenization import PairRequest
+    from reranker.messages import PairRequest
 
     url = fault_apps.url + APPS["faults_deadline"]
     tokenizer = serve.get_deployment_handle("Tokenizer", app_name="faults_deadline")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deployments.errors import ModelLoadError, SettingsError
-from deployments.model import ModelScorer
-from deployments.relevance import check_architecture, relevance_head
-from deployments.settings import RerankerSettings
-from deployments.tokenization import load_tokenizer, read_model_config
+from reranker.errors import ModelLoadError, SettingsError
+from reranker.scoring import ModelScorer
+from reranker.relevance import check_architecture, relevance_head
+from reranker.settings import RerankerSettings
+from reranker.model_files import load_tokenizer, read_model_config
 
 HUB_ID = "nobody/does-not-exist"
 

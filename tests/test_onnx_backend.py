@@ -11,7 +11,7 @@ import pytest
 from conftest import LONG_PASSAGE, MULTILINGUAL_TEXTS, QUERY
 from reference import Ours
 
-from deployments.onnx_backend import FP32_FILE, INT8_FILE, cache_dir_for
+from reranker.backends.onnx import FP32_FILE, INT8_FILE, cache_dir_for
 
 PASSAGES = [*MULTILINGUAL_TEXTS[:6], "", LONG_PASSAGE]  # an empty one, and one truncated at max_length
 
@@ -23,7 +23,7 @@ def _scores(model_dir, backend: str, cache_dir) -> tuple:
 
 
 def _dense(pairs):
-    from deployments.batching import collate
+    from reranker.batching import collate
 
     return collate(pairs, np.arange(pairs.num_pairs))
 
@@ -67,7 +67,7 @@ def test_int8_loads_and_scores(tiny_model_dir, onnx_cache):
 def test_export_cli(tiny_model_dir_1label, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     result = subprocess.run(
-        [sys.executable, "-m", "deployments.onnx_backend", "export", "--model", str(tiny_model_dir_1label),
+        [sys.executable, "-m", "reranker.backends.onnx", "export", "--model", str(tiny_model_dir_1label),
          "--int8", "--cache-dir", str(tmp_path)],
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env,
         capture_output=True, text=True, timeout=120,
@@ -80,7 +80,7 @@ def test_export_cli(tiny_model_dir_1label, tmp_path):
 
 def test_export_cli_reports_a_missing_model(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "deployments.onnx_backend", "export", "--model", str(tmp_path / "missing"),
+        [sys.executable, "-m", "reranker.backends.onnx", "export", "--model", str(tmp_path / "missing"),
          "--cache-dir", str(tmp_path)],
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         capture_output=True, text=True, timeout=120,

@@ -16,10 +16,11 @@ import torch
 from conftest import LONG_PASSAGE, MULTILINGUAL_PAIRS, QUERY
 from reference import Ours
 
-from deployments.batching import max_by_doc
-from deployments.model import ModelScorer
-from deployments.settings import BatchSettings, RerankerSettings
-from deployments.tokenization import PairEncoder, load_tokenizer
+from reranker.batching import max_by_doc
+from reranker.scoring import ModelScorer
+from reranker.settings import BatchSettings, RerankerSettings
+from reranker.tokenization import PairEncoder
+from reranker.model_files import load_tokenizer
 from tiny_models import CORPUS
 
 TOLERANCE = 1e-4

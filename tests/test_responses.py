@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.testclient import TestClient
 
-from deployments import errors
-from deployments.errors import (
+from reranker import errors
+from reranker.api import ranking, truncation_header
+from reranker.api.cohere import document_text
+from reranker.api.score import ScoreRequest, score_request_pairs
+from reranker.errors import (
     INTERNAL_ERROR_MESSAGE,
     DeadlineExceededError,
     EmptyInputError,
@@ -26,13 +28,6 @@ from deployments.errors import (
     error_body,
     error_headers,
 )
-from deployments.responses import (
-    document_text,
-    ranking,
-    score_request_pairs,
-    truncation_header,
-)
-from deployments.schemas import ScoreRequest
 
 STATUS_TABLE = [
     (EmptyInputError, 400, "empty"),
@@ -134,29 +129,18 @@ def test_score_request_pairs():
 # ----- the ingress's one error path, on a tiny inline app ---------------------------------------
 
 
-def ingress_class():
-    from deployments.ingress import Ingress
-
-    return Ingress.func_or_class
-
-
 @pytest.fixture
-def inline_app():
-    """A tiny FastAPI app whose routes go through `Ingress.run`, as the real routes do."""
-    from deployments.ingress import _reranker_error
+def inline_app(monkeypatch):
+    """The service's app factory (middleware, handlers) with routes that raise what the test sets."""
+    from reranker.server import create_app
+    from reranker.settings import RerankerSettings
 
-    run = ingress_class().run
-    app = FastAPI()
-    app.add_exception_handler(RerankerError, _reranker_error)
+    monkeypatch.delenv("RERANKER_API_KEYS", raising=False)
+    app = create_app(RerankerSettings())
     raised = {}
 
     async def handle(request: Request):
-        request.state.request_id = request.headers.get("x-request-id", "none")
-
-        async def handler():
-            raise raised["exc"]
-
-        return await run(SimpleNamespace(), request, handler)
+        raise raised["exc"]
 
     for path in ("/rerank", "/v1/rerank", "/v2/rerank", "/score"):
         app.add_api_route(path, handle, methods=["POST"])
@@ -202,14 +186,14 @@ def test_project_errors_keep_their_status(inline_app, exc):
 
 
 def test_last_exception_line_summarizes_a_serve_status_traceback():
-    from deployments.responses import last_exception_line
+    from reranker.pipeline import last_exception_line
 
     message = (
         "The deployment failed to start 3 times in a row.\n"
         "Traceback (most recent call last):\n"
         '  File "/x/model.py", line 3, in __init__\n'
         "    raise ModelLoadError(describe_load_failure(model, revision, exc)) from exc\n"
-        "deployments.errors.ModelLoadError: Cannot load model 'x': OSError: no network. Check the hub id.\n"
+        "reranker.errors.ModelLoadError: Cannot load model 'x': OSError: no network. Check the hub id.\n"
     )
     assert last_exception_line(message) == "ModelLoadError: Cannot load model 'x': OSError: no network. Check the hub id."
     assert last_exception_line("replicas are starting") == "replicas are starting"

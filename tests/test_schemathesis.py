@@ -21,14 +21,17 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 
-from deployments.ingress import app as ingress_app
+from deployments.ingress import build_routes
+from reranker.server import create_app
+from reranker.settings import load_settings
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
 MAX_EXAMPLES = 20
 # Generous: a guard against hangs, not a latency check.
 REQUEST_TIMEOUT_S = 30
-OPENAPI = ingress_app.openapi()
+# The app as the builder makes it, for the settings the session's app is deployed with.
+OPENAPI = build_routes(create_app(load_settings())).openapi()
 
 SEMANTIC_REJECTIONS = ["400", "413", "422"]
 CONFIG = SchemathesisConfig.from_dict(

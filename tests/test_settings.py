@@ -6,9 +6,10 @@ import os
 
 import pytest
 
-from deployments.errors import SettingsError
-from deployments.settings import DEFAULT_MODEL, BatchSettings, load_settings
-from deployments.tokenization import PairEncoder, resolve_max_length
+from reranker.errors import SettingsError
+from reranker.settings import DEFAULT_MODEL, BatchSettings, load_settings
+from reranker.tokenization import PairEncoder
+from reranker.model_files import resolve_max_length
 
 
 def test_defaults():
@@ -77,7 +78,7 @@ def test_max_length_comes_from_the_model_config():
 
 def test_available_cpus_honours_a_cgroup_quota(tmp_path):
     """A pod's CPU limit (cgroup v2 cpu.max) caps the thread count; 'max' means no quota."""
-    from deployments.settings import available_cpus
+    from reranker.settings import available_cpus
 
     affinity = len(os.sched_getaffinity(0))
     limited = tmp_path / "cpu.max"

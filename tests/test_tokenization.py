@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from conftest import LONG_PASSAGE, MULTILINGUAL_PAIRS, REPO_ROOT
 
-from deployments.errors import PayloadTooLargeError
-from deployments.tokenization import TOKEN_DTYPE, PairEncoder, PairRequest, load_tokenizer
+from reranker.errors import PayloadTooLargeError
+from reranker.messages import TOKEN_DTYPE, PairRequest
+from reranker.tokenization import PairEncoder
+from reranker.model_files import load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +168,7 @@ def test_load_tokenizer_does_not_import_torch(tiny_model_dir):
     code = (
         "import sys\n"
         f"sys.path.insert(0, {str(REPO_ROOT)!r})\n"
-        "from deployments.tokenization import PairEncoder, load_tokenizer, read_model_config\n"
+        "from reranker.tokenization import PairEncoder\nfrom reranker.model_files import load_tokenizer, read_model_config\n"
         f"tok = load_tokenizer({str(tiny_model_dir)!r})\n"
         f"read_model_config({str(tiny_model_dir)!r})\n"
         "encoded = PairEncoder(tok, 512, 256).encode('что такое 東京', ['paris', ''], chunk=True, max_chunks=3)\n"

@@ -12,7 +12,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from deployments.errors import ModelLoadError
+from reranker.errors import ModelLoadError
 
 
 @dataclass(frozen=True)

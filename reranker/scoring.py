@@ -5,20 +5,19 @@ Only the scorer process imports this module (it imports torch).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Optional
-
 import numpy as np
 import torch
 
-from deployments.batching import collate, plan_batches
-from deployments.errors import ModelLoadError, SettingsError
-from deployments.relevance import check_architecture, relevance_from_logits, relevance_head
-from deployments.settings import BatchSettings, RerankerSettings, available_cpus
-from deployments.tokenization import EncodedPairs, describe_load_failure, read_model_config, resolve_max_length
+from reranker.backends import build_backend
+from reranker.batching import collate, plan_batches
+from reranker.errors import SettingsError
+from reranker.messages import EncodedPairs
+from reranker.model_files import read_model_config, resolve_max_length
+from reranker.relevance import check_architecture, relevance_from_logits, relevance_head
+from reranker.settings import BatchSettings, RerankerSettings, available_cpus
 
 logger = logging.getLogger("ray.serve")
 
@@ -68,69 +67,6 @@ def resolve_dtype(setting: str, device: str) -> torch.dtype:
     return DTYPES[setting]
 
 
-class TorchBackend:
-    """Forward pass through the transformers model (SDPA attention, inference mode)."""
-
-    name = "torch"
-
-    def __init__(self, model_id: str, revision: Optional[str], device: str, dtype: torch.dtype):
-        from transformers import AutoModelForSequenceClassification
-
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                model_id, revision=revision, attn_implementation="sdpa", dtype=dtype
-            )
-        except Exception as exc:
-            raise ModelLoadError(describe_load_failure(model_id, revision, exc)) from exc
-        self.model = model.eval().to(device)
-        self.device = device
-        self.dtype = dtype
-        self.pad_token_id = getattr(model.config, "pad_token_id", None) or 0
-        # inspect.signature follows the decorators' __wrapped__; forward.__code__ is the wrapper's (*args, **kwargs).
-        self.accepts_token_type_ids = "token_type_ids" in inspect.signature(self.model.forward).parameters
-
-    @torch.inference_mode()
-    def launch(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> torch.Tensor:
-        """Starts one forward pass and returns its logits on the device, without waiting for them.
-
-        On GPU the three int32 arrays travel as one pinned block and widen to int64 there, so the
-        CPU can collate the next batch while this one runs.
-        """
-        block = torch.from_numpy(np.stack((input_ids, attention_mask, token_type_ids)))
-        if self.device == "cuda":
-            block = block.pin_memory().to(self.device, non_blocking=True)
-        block = block.long()
-        inputs = {"input_ids": block[0], "attention_mask": block[1]}
-        if self.accepts_token_type_ids:
-            inputs["token_type_ids"] = block[2]
-        return self.model(**inputs).logits.float()
-
-    @staticmethod
-    def fetch(launched: list) -> list:
-        """Waits for launched batches and returns their logits as numpy arrays (one transfer)."""
-        if not launched:
-            return []
-        stacked = torch.cat(launched).cpu().numpy()
-        return np.split(stacked, np.cumsum([t.shape[0] for t in launched])[:-1])
-
-    def forward_logits(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
-        return self.fetch([self.launch(input_ids, attention_mask, token_type_ids)])[0]
-
-
-def build_backend(settings: RerankerSettings, device: str, dtype: torch.dtype):
-    name = settings.backend
-    if name == "auto":
-        # ONNX Runtime's fused fp32 graph scores within 1e-6 of torch and about 2x faster on CPU.
-        name = "torch" if device == "cuda" else "onnx"
-    if name == "torch":
-        return TorchBackend(settings.model, settings.revision, device, dtype)
-    if device != "cpu":
-        raise SettingsError(f"backend {name} runs on CPU only; use backend torch on GPU")
-    from deployments.onnx_backend import OnnxBackend
-
-    return OnnxBackend.load(settings, quantize=(name == "onnx-int8"))
-
-
 class ModelScorer:
     """Loads the cross-encoder once (with a warm-up pass) and scores EncodedPairs in batches."""
 
@@ -169,7 +105,8 @@ class ModelScorer:
         self.forward_logits(ids, np.ones_like(ids), ids)
 
     def forward_logits(self, input_ids, attention_mask, token_type_ids) -> np.ndarray:
-        return self.backend.forward_logits(input_ids, attention_mask, token_type_ids)
+        """Logits of one padded batch, waited for."""
+        return self.backend.fetch([self.backend.launch(input_ids, attention_mask, token_type_ids)])[0]
 
     def score_pairs(self, pairs: EncodedPairs) -> PairScores:
         """Scores every pair, in length-sorted batches under the token budget, in input order."""
@@ -179,14 +116,12 @@ class ModelScorer:
         plan = plan_batches(
             pairs.lengths, self.batching.max_batch_tokens, self.batching.max_batch_size, self.pad_to_multiple_of
         )
-        launch = getattr(self.backend, "launch", self.backend.forward_logits)
-        fetch = getattr(self.backend, "fetch", list)
         launched = []
         for indices in plan:
             input_ids, attention_mask, token_type_ids = collate(
                 pairs, indices, self.pad_to_multiple_of, self.backend.pad_token_id
             )
-            launched.append(launch(input_ids, attention_mask, token_type_ids))
+            launched.append(self.backend.launch(input_ids, attention_mask, token_type_ids))
             stats.append(
                 BatchStats(
                     pairs=len(indices),
@@ -194,7 +129,7 @@ class ModelScorer:
                     padded_tokens=int(input_ids.size),
                 )
             )
-        for indices, logits in zip(plan, fetch(launched)):
+        for indices, logits in zip(plan, self.backend.fetch(launched)):
             raw[indices], normalized[indices] = relevance_from_logits(logits, self.head)
         return PairScores(raw=raw, normalized=normalized, batches=stats)
 

@@ -2,11 +2,11 @@
 
 The fp32 file is the `torch.onnx.export` graph fused by ORT's BERT optimizer (Attention,
 SkipLayerNorm, BiasGelu); the int8 file is that fused graph with its projections rewritten to
-int8 products (per-token activations, per-channel weights, smoothed: `deployments/onnx_int8.py`).
+int8 products (per-token activations, per-channel weights, smoothed: `reranker/backends/onnx_int8.py`).
 Both live in
 `<onnx_cache_dir or ~/.cache/reranker/onnx>/<model id>/<revision or local-hash>/`,
 are exported at startup when missing, and can be baked into an image with
-`python -m deployments.onnx_backend export --model <id-or-dir> [--revision R] [--int8] [--cache-dir D]`.
+`python -m reranker.backends.onnx export --model <id-or-dir> [--revision R] [--int8] [--cache-dir D]`.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from typing import Optional
 
 import numpy as np
 
-from deployments.errors import ModelLoadError
-from deployments.settings import available_cpus
-from deployments.tokenization import _model_file, describe_load_failure, is_local_path, read_model_config, resolve_max_length
+from reranker.errors import ModelLoadError
+from reranker.settings import available_cpus
+from reranker.model_files import model_file, describe_load_failure, is_local_path, read_model_config, resolve_max_length
 
 logger = logging.getLogger("ray.serve")
 
@@ -59,7 +59,7 @@ def model_version(model: str, revision: Optional[str]) -> str:
                 stat = path.stat()
                 digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
         return "local-" + digest.hexdigest()[:16]
-    config_path = _model_file(model, revision, "config.json") or ""
+    config_path = model_file(model, revision, "config.json") or ""
     # A hub download lives in .../snapshots/<commit>/config.json: key by the commit itself.
     match = re.search(r"snapshots[/\\]([0-9a-f]{40})[/\\]", config_path)
     return match.group(1) if match else _sanitize(revision or "main")
@@ -129,7 +129,7 @@ def quantize_int8(model: str, revision: Optional[str], max_length: int, source: 
     """int8 file from the fused fp32 one, calibrated with the model's own tokenizer (onnx_int8.py)."""
     import onnx
 
-    from deployments import onnx_int8
+    from reranker.backends import onnx_int8
 
     fp32 = onnx.load(str(source))
     input_names = {value.name for value in fp32.graph.input}
@@ -161,6 +161,10 @@ def ensure_exported(model: str, revision: Optional[str] = None, int8: bool = Fal
 class OnnxBackend:
     """Forward pass through an ONNX Runtime CPU session (fp32 fused, or its int8 rewrite)."""
 
+    name = "onnx"
+    devices = ("cpu",)
+    int8 = False
+
     def __init__(self, path: Path, name: str, pad_token_id: int, threads: int):
         import onnxruntime as ort
 
@@ -178,21 +182,36 @@ class OnnxBackend:
         self.pad_token_id = pad_token_id
 
     @classmethod
-    def load(cls, settings, quantize: bool) -> "OnnxBackend":
-        path = ensure_exported(settings.model, settings.revision, int8=quantize, cache_root=settings.onnx_cache_dir)
+    def load(cls, settings, device: str = "cpu", dtype=None) -> "OnnxBackend":
+        path = ensure_exported(settings.model, settings.revision, int8=cls.int8, cache_root=settings.onnx_cache_dir)
         config = read_model_config(settings.model, settings.revision)
         threads = settings.torch_threads or available_cpus()
-        return cls(path, "onnx-int8" if quantize else "onnx", config.get("pad_token_id") or 0, threads)
+        return cls(path, cls.name, config.get("pad_token_id") or 0, threads)
 
-    def forward_logits(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+    def launch(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+        """Runs the batch (ONNX Runtime is synchronous) and returns its logits."""
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         feeds = {name: np.ascontiguousarray(value, dtype=np.int64) for name, value in feeds.items() if name in self.input_names}
         return self.session.run(["logits"], feeds)[0].astype(np.float32, copy=False)
 
+    @staticmethod
+    def fetch(launched: list) -> list[np.ndarray]:
+        return list(launched)
+
+    def forward_logits(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+        return self.launch(input_ids, attention_mask, token_type_ids)
+
+
+class OnnxInt8Backend(OnnxBackend):
+    """The int8 rewrite of the fused graph (reranker/backends/onnx_int8.py); opt-in, scores move by ~1e-2."""
+
+    name = "onnx-int8"
+    int8 = True
+
 
 def main(argv=None) -> int:
     """CLI: export (and optionally quantize) a model into the cache, e.g. while building an image."""
-    parser = argparse.ArgumentParser(prog="python -m deployments.onnx_backend")
+    parser = argparse.ArgumentParser(prog="python -m reranker.backends.onnx")
     commands = parser.add_subparsers(dest="command", required=True)
     export = commands.add_parser("export", help="export the ONNX files of a model into the cache")
     export.add_argument("--model", required=True, help="hub id or local directory")

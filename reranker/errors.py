@@ -7,7 +7,9 @@ come from `error_body`, so there is one error path.
 
 from __future__ import annotations
 
-from typing import ClassVar, Optional
+from typing import ClassVar, Literal, Optional
+
+from pydantic import BaseModel
 
 
 class RerankerError(Exception):
@@ -113,6 +115,7 @@ FAILURE_REASONS = (
     "not_ready",
     "deadline",
     "scorer_unavailable",
+    "client_closed",
     "internal",
 )
 
@@ -131,3 +134,26 @@ def error_headers(exc: RerankerError) -> dict:
     if exc.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, int(round(exc.retry_after_s))))
     return headers
+
+
+class ErrorBody(BaseModel):
+    """TEI routes' error body."""
+
+    error: str
+    error_type: str
+
+
+class CohereErrorBody(BaseModel):
+    """Cohere and Jina routes' error body: Cohere's SDK reads `message`."""
+
+    message: str
+
+
+class NotReadyBody(BaseModel):
+    """/ready's 503 body: why the model cannot score yet."""
+
+    status: Literal["not_ready"]
+    reason: str
+
+
+ERROR_MODELS = {"tei": ErrorBody, "cohere": CohereErrorBody}

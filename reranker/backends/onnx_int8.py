@@ -30,7 +30,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from deployments.errors import ModelLoadError
+from reranker.errors import ModelLoadError
 
 # Calibration text: only the per-channel maximum of each quantized activation is taken from it,
 # which depends on the model far more than on the text. Kept apart from the benchmark workloads.
@@ -210,8 +210,9 @@ def quantize_model(model, absmax: dict, alpha: float = SMOOTHING_ALPHA):
 
 def calibration_batches(model: str, revision: Optional[str], input_names: set, max_length: int, batch_pairs: int = 8):
     """Calibration pairs (every query with every passage) as right-padded ONNX feeds."""
-    from deployments.batching import collate, plan_batches
-    from deployments.tokenization import PairEncoder, load_tokenizer
+    from reranker.batching import collate, plan_batches
+    from reranker.tokenization import PairEncoder
+    from reranker.model_files import load_tokenizer
 
     encoder = PairEncoder(load_tokenizer(model, revision), max_length, max_query_tokens=64)
     for query in CALIBRATION_QUERIES:

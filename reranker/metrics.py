@@ -17,9 +17,6 @@ BATCH_TOKEN_BOUNDARIES = [64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 3276
 RATIO_BOUNDARIES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
 CHUNK_BOUNDARIES = [1, 2, 3, 4, 5, 10, 20, 50]
 
-STAGES = ("validation", "tokenization", "queue_wait", "inference", "response")
-
-
 def stage_duration() -> metrics.Histogram:
     return metrics.Histogram(
         "reranker_stage_duration_seconds",
@@ -29,8 +26,8 @@ def stage_duration() -> metrics.Histogram:
     )
 
 
-class IngressMetrics:
-    """HTTP-level metrics, recorded by the ingress."""
+class HttpMetrics:
+    """HTTP-level metrics, recorded by the ingress's request middleware."""
 
     def __init__(self):
         self.requests = metrics.Counter(
@@ -44,16 +41,22 @@ class IngressMetrics:
             boundaries=LATENCY_BOUNDARIES_S,
             tag_keys=("route",),
         )
-        self.stage_duration = stage_duration()
         self.failures = metrics.Counter(
             "reranker_failures",
-            description="Failed requests by reason (a closed set; see deployments/errors.py).",
+            description="Failed requests by reason (a closed set; see reranker/errors.py).",
             tag_keys=("reason",),
         )
         self.in_flight = metrics.Gauge(
             "reranker_requests_in_flight",
             description="Requests being handled by this ingress replica.",
         )
+
+
+class IngressStageMetrics:
+    """Validation and response stages, and windows per document, recorded by the ingress's routes."""
+
+    def __init__(self):
+        self.stage_duration = stage_duration()
         self.chunks_per_document = metrics.Histogram(
             "reranker_chunks_per_document",
             description="Windows scored per document (1 unless chunk mode splits it).",

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from deployments.tokenization import EncodedPairs
+from reranker.messages import EncodedPairs
 
 
 def padded_tokens(lengths: np.ndarray) -> int:

@@ -8,7 +8,7 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from deployments.errors import SettingsError
+from reranker.errors import SettingsError
 
 DEFAULT_MODEL = "amberoad/bert-multilingual-passage-reranking-msmarco"
 ENV_PREFIX = "RERANKER_"

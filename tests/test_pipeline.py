@@ -1,0 +1,153 @@
+"""Tier 1: the fan-out engine, the backend table, the route table and the request middleware (no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from reranker.api import PUBLIC_PATHS, RERANK_ROUTES
+from reranker.backends import BACKENDS, backend_class, build_backend
+from reranker.errors import SettingsError
+from reranker.messages import DocScores, PairRequest
+from reranker.pipeline import Pipeline, split_request
+from reranker.settings import RerankerSettings
+
+
+class FakeResponse:
+    """Awaitable like a DeploymentResponse, with cancel()."""
+
+    def __init__(self, value):
+        self.value = value
+        self.cancelled = False
+
+    def __await__(self):
+        async def get():
+            return self.value
+
+        return get().__await__()
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class FakeMethod:
+    def __init__(self, fn):
+        self.fn = fn
+        self.calls = []
+
+    def remote(self, *args):
+        self.calls.append(args)
+        return FakeResponse(self.fn(*args))
+
+
+class FakeTokenizer:
+    def __init__(self):
+        self.encode = FakeMethod(lambda request: request)  # the fake scorer reads the PairRequest itself
+        self.describe = FakeMethod(lambda: {"max_length": 64})
+
+
+class FakeScorer:
+    """Scores each passage by its length; answers with the budget it is configured with."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.score = FakeMethod(self._score)
+
+    def _score(self, response: FakeResponse) -> DocScores:
+        request = response.value
+        raw = np.array([float(len(p)) for p in request.passages], np.float32)
+        return DocScores(raw, raw / 100, np.ones(len(raw), np.int64), 10 * len(raw), False, self.budget)
+
+
+def texts(count: int, chars: int = 60) -> list[str]:
+    return [f"{i:03d} " + "x" * chars for i in range(count)]
+
+
+def test_split_request_keeps_order_and_follows_the_budget():
+    request = PairRequest(queries=["q"], passages=texts(40))
+    small = split_request(request, budget_tokens=100, max_length=512)
+    large = split_request(request, budget_tokens=10_000, max_length=512)
+    assert len(small) > 1 and len(large) == 1
+    assert [p for part in small for p in part.passages] == request.passages
+    # /score's query per passage travels with its passages.
+    scored = PairRequest(queries=["a", "b"], passages=texts(40), query_of_passage=[i % 2 for i in range(40)])
+    parts = split_request(scored, budget_tokens=100, max_length=512)
+    assert [q for part in parts for q in part.query_of_passage] == scored.query_of_passage
+
+
+def test_parts_follow_the_scorers_live_budget():
+    """The ingress sizes parts by the budget the scorer reports, not by its own setting."""
+    tokenizer, scorer = FakeTokenizer(), FakeScorer(budget=32768)
+    pipeline = Pipeline(tokenizer, scorer, RerankerSettings(max_batch_tokens=256))
+    request = PairRequest(queries=["q"], passages=texts(200))
+    assert len(pipeline.split(request)) > 1  # before the canary: the ingress's own setting
+    asyncio.run(pipeline.ensure_ready())
+    assert pipeline.ready and pipeline.max_length == 64
+    parts = pipeline.split(request)
+    assert len(parts) == 1
+    scores = asyncio.run(pipeline.score(parts))
+    assert scores.raw.tolist() == [float(len(p)) for p in request.passages]
+    scorer.budget = 128  # changed live through user_config
+    asyncio.run(pipeline.score(pipeline.split(request)))
+    parts = pipeline.split(request)
+    assert len(parts) > 10
+    scores = asyncio.run(pipeline.score(parts))
+    assert scores.raw.tolist() == [float(len(p)) for p in request.passages]
+
+
+def test_backend_table():
+    for name in BACKENDS:
+        cls = backend_class(name)
+        for member in ("launch", "fetch", "load", "devices", "name"):
+            assert hasattr(cls, member), (name, member)
+    with pytest.raises(SettingsError, match="unknown backend"):
+        backend_class("tensorrt")
+    with pytest.raises(SettingsError, match="runs on cpu only"):
+        build_backend(RerankerSettings(backend="onnx"), "cuda", None)
+
+
+def test_route_table_is_consistent():
+    paths = [route.path for route in RERANK_ROUTES]
+    assert len(paths) == len(set(paths)) and not set(paths) & PUBLIC_PATHS
+    for route in RERANK_ROUTES:
+        api = route.api
+        assert api.error_family in ("tei", "cohere") and api.summary
+        assert callable(api.to_pair_request) and callable(api.build_response)
+
+
+@pytest.fixture
+def routed_app(monkeypatch):
+    from deployments.ingress import build_routes
+    from reranker.server import create_app
+
+    monkeypatch.setenv("RERANKER_API_KEYS", "k1,k2")
+    with TestClient(build_routes(create_app(RerankerSettings())), raise_server_exceptions=False) as client:
+        yield client
+
+
+def test_authentication_is_the_default_and_public_paths_are_listed(routed_app):
+    assert routed_app.get("/health").status_code == 200
+    assert routed_app.get("/openapi.json").status_code == 200
+    for method, path in (("post", "/rerank"), ("post", "/v1/rerank"), ("post", "/score"), ("get", "/not-a-route")):
+        response = getattr(routed_app, method)(path)
+        assert response.status_code == 401, path
+    assert routed_app.get("/not-a-route", headers={"Authorization": "Bearer k2"}).status_code == 404
+
+
+def test_a_client_that_went_away_is_499_not_a_server_error(monkeypatch):
+    from reranker import server
+
+    recorded = []
+    monkeypatch.setattr(server.RequestContextMiddleware, "record", lambda self, *args: recorded.append(args))
+
+    async def abandoned(scope, receive, send):
+        raise asyncio.CancelledError  # what Serve does to a request whose client disconnected
+
+    middleware = server.RequestContextMiddleware(abandoned, max_body_bytes=1024)
+    scope = {"type": "http", "method": "GET", "path": "/ready", "headers": []}
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(middleware(scope, None, None))
+    assert recorded and recorded[0][3] == 499  # (scope, route, request_id, code, ...)
