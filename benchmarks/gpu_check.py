@@ -143,7 +143,7 @@ def main(argv=None) -> int:
             return
         try:
             body()
-        except Exception as exc:  # one failed step must not lose the others
+        except Exception as exc:  # noqa: BLE001 - one failed step must not lose the others
             traceback.print_exc()
             report.add(f"## {title}", "", f"failed: {type(exc).__name__}: {str(exc)[:300]}", "")
         finally:

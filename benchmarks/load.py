@@ -474,7 +474,10 @@ def report(recorder: Recorder, args, url: str, model: str, capacity: float, path
     for name, _, _ in recorder.phases + [("all", 0, 0)]:
         inside = [s for s in samples if name == "all" or s.phase == name]
         ok = [s.latency_s * 1000 for s in inside if s.status == 200]
-        count = lambda code: sum(1 for s in inside if s.status == code)
+
+        def count(code: int, inside=inside) -> int:
+            return sum(1 for s in inside if s.status == code)
+
         other = sum(1 for s in inside if s.status not in (200, 429, 503, 0))
         rate = throughput(samples, name) if name != "all" else float("nan")
         lines.append(

@@ -110,10 +110,10 @@ def build_lexicon(seed: int = 0) -> Lexicon:
 def build_vocab(lex: Lexicon, vocab_size: int) -> dict:
     """mBERT-like ids ([PAD]=0, [UNK]=100, [CLS]=101, [SEP]=102), padded to vocab_size."""
     tokens = []
-    for lang in lex.stems:
-        tokens += lex.stems[lang] + ["##" + s for s in lex.suffixes[lang]]
+    for lang, stems in lex.stems.items():
+        tokens += stems + ["##" + s for s in lex.suffixes[lang]]
     chars = set(lex.cjk) | set(".,?!;:。、،।")
-    for lang, (consonants, vowels, _) in SCRIPTS.items():
+    for consonants, vowels, _ in SCRIPTS.values():
         chars |= set(consonants) | set(vowels.replace(" ", ""))
     chars |= set("abcdefghijklmnopqrstuvwxyz0123456789")
     tokens += sorted(chars) + sorted("##" + c for c in chars if c not in lex.cjk)

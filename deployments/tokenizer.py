@@ -62,12 +62,12 @@ class Tokenizer:
         """All requests in one tokenizer pass; if that fails, one by one, so an error stays with its request."""
         try:
             return self.encoder.encode_many(requests)
-        except Exception:
+        except Exception:  # noqa: BLE001 - retried one by one, so each error reaches its own caller
             results = []
             for request in requests:
                 try:
                     results.append(self.encoder.encode_request(request))
-                except Exception as exc:  # delivered to its own caller only
+                except Exception as exc:  # noqa: BLE001 - delivered to its own caller only
                     results.append(exc)
             return results
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs everything the suite needs and runs the whole suite: `bash scripts/test.sh`.
+# Installs everything the suite needs, lints, and runs the whole suite: `bash scripts/test.sh`.
 #
 # - the project with its test extras, into .venv (CPU torch unless a GPU is present);
 # - manifest tools into .venv-tools (checkov pins many packages, so it lives apart):
@@ -18,6 +18,9 @@ fi
 if ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
 fi
+
+# Lint first (configured in pyproject.toml): a finding fails the Test command like a failing test.
+.venv/bin/ruff check .
 
 # Ray: no token auth for the local test cluster, whatever ~/.ray holds.
 export RAY_AUTH_MODE=disabled

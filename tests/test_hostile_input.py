@@ -61,7 +61,7 @@ def test_unparseable_bodies_are_422(http, route_field):
         "JSON array body": b"[1, 2]",
         "empty body": b"",
     }
-    for name, content in cases.items():
+    for content in cases.values():
         response = http.post(route, content=content, headers=JSON)
         check_error(response, 422, route, "invalid request")
 

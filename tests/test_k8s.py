@@ -20,7 +20,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import k8s_helpers as h  # noqa: E402
+import k8s_helpers as h
 
 pytestmark = pytest.mark.k8s
 
@@ -561,10 +561,13 @@ def test_dockerfile_matches_pins_and_runs_as_non_root():
 
 
 def test_dockerignore_keeps_the_context_small():
-    lines = [l.strip() for l in (h.REPO_ROOT / ".dockerignore").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    lines = [
+        line.strip() for line in (h.REPO_ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert lines[0] == "*", "deny by default"
-    allowed = {l[1:].rstrip("/") for l in lines if l.startswith("!")}
-    assert {"pyproject.toml", "deployments", "serve_config.yaml"} <= allowed
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    assert {"pyproject.toml", "deployments", "reranker", "serve_config.yaml"} <= allowed
     assert not allowed & {".venv", ".venv-tools", ".git", "tests", "benchmarks", "k8s"}
 
 

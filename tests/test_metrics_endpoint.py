@@ -151,7 +151,7 @@ def test_request_id_reaches_every_stage_and_text_never_logged(http, tiny_model_d
     assert response.headers["x-request-id"] == request_id
 
     def logged_everywhere():
-        stages = {d: [l for l in replica_log_lines("reranker", d) if l.get("request_id") == request_id]
+        stages = {d: [line for line in replica_log_lines("reranker", d) if line.get("request_id") == request_id]
                   for d in ("Ingress", "Tokenizer", "Scorer")}
         return stages if all(stages.values()) and access_lines("reranker", request_id) else None
 

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prometheus_server import PrometheusServer, find_prometheus  # noqa: E402
+from prometheus_server import PrometheusServer, find_prometheus
 
 pytestmark = pytest.mark.monitoring
 
