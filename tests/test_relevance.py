@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deployments.errors import ModelLoadError
-from deployments.relevance import check_architecture, relevance_from_logits, relevance_head
+from reranker.errors import ModelLoadError
+from reranker.relevance import check_architecture, relevance_from_logits, relevance_head
 
 ONE = {"id2label": {"0": "LABEL_0"}}
 TWO = {"id2label": {"0": "LABEL_0", "1": "LABEL_1"}}
