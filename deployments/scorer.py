@@ -12,7 +12,7 @@ from ray import serve
 
 from reranker.batching import max_by_doc, padded_tokens, split_by_budget, unbatch
 from reranker.messages import DocScores, EncodedPairs
-from reranker.metrics import ScorerMetrics
+from reranker.metrics import ScorerMetrics, with_thread_cpu
 from reranker.settings import BatchSettings, RerankerSettings
 
 logger = logging.getLogger("ray.serve")
@@ -83,7 +83,8 @@ class Scorer:
             self.metrics.stage_duration.observe(started - item.enqueued_at, tags={"stage": "queue_wait"})
         merged = EncodedPairs.concat([item.pairs for item in items])
         # The forward pass runs off the event loop so health checks and new arrivals are served.
-        scores = await asyncio.to_thread(self.core.score_pairs, merged)
+        scores, cpu_s = await asyncio.to_thread(with_thread_cpu, self.core.score_pairs, merged)
+        self.metrics.stage_cpu.inc(cpu_s, tags={"stage": "inference"})
         self.metrics.stage_duration.observe(time.perf_counter() - started, tags={"stage": "inference"})
         self.metrics.pairs_scored.inc(merged.num_pairs)
         for batch in scores.batches:

@@ -11,7 +11,7 @@ import time
 
 from ray import serve
 
-from reranker.metrics import TokenizerMetrics
+from reranker.metrics import TokenizerMetrics, with_thread_cpu
 from reranker.relevance import check_architecture
 from reranker.settings import RerankerSettings
 from reranker.messages import EncodedPairs, PairRequest
@@ -49,8 +49,9 @@ class Tokenizer:
         started = time.perf_counter()
         # Off the event loop (the Rust tokenizer releases the GIL), so arrivals keep queueing;
         # one batch at a time, so the tokenizer is never used from two threads at once.
-        results = await asyncio.to_thread(self._encode_each, requests)
+        results, cpu_s = await asyncio.to_thread(with_thread_cpu, self._encode_each, requests)
         elapsed = time.perf_counter() - started
+        self.metrics.stage_cpu.inc(cpu_s, tags={"stage": "tokenization"})
         for result in results:
             if isinstance(result, EncodedPairs):
                 self.metrics.stage_duration.observe(elapsed, tags={"stage": "tokenization"})

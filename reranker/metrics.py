@@ -8,6 +8,9 @@ metric object would break pickling of the deployment.
 
 from __future__ import annotations
 
+import time
+from typing import Any, Callable
+
 from ray.serve import metrics
 
 LATENCY_BOUNDARIES_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
@@ -24,6 +27,21 @@ def stage_duration() -> metrics.Histogram:
         boundaries=LATENCY_BOUNDARIES_S,
         tag_keys=("stage",),
     )
+
+
+def stage_cpu() -> metrics.Counter:
+    return metrics.Counter(
+        "reranker_stage_cpu_seconds",
+        description="CPU seconds of the thread that ran a stage: tokenization, inference (collation and the forward's launch).",
+        tag_keys=("stage",),
+    )
+
+
+def with_thread_cpu(function: Callable, *args) -> tuple[Any, float]:
+    """Calls function(*args); returns its result and the CPU seconds this thread spent in it."""
+    started = time.thread_time()
+    result = function(*args)
+    return result, time.thread_time() - started
 
 
 class HttpMetrics:
@@ -69,6 +87,7 @@ class TokenizerMetrics:
 
     def __init__(self):
         self.stage_duration = stage_duration()
+        self.stage_cpu = stage_cpu()
         self.pair_tokens = metrics.Histogram(
             "reranker_pair_tokens",
             description="Tokens per (query, passage) pair, special tokens included.",
@@ -81,6 +100,7 @@ class ScorerMetrics:
 
     def __init__(self):
         self.stage_duration = stage_duration()
+        self.stage_cpu = stage_cpu()
         self.pairs_scored = metrics.Counter("reranker_pairs_scored", description="Pairs scored by the model.")
         self.batch_pairs = metrics.Histogram(
             "reranker_batch_pairs", description="Pairs per forward batch.", boundaries=BATCH_PAIRS_BOUNDARIES

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from reranker.backends import build_backend
+from reranker.backends import backend_name, build_backend
 from reranker.batching import collate, plan_batches
 from reranker.errors import SettingsError
 from reranker.messages import EncodedPairs
@@ -82,8 +82,10 @@ class ModelScorer:
         threads = settings.torch_threads or available_cpus()
         # Ray sets OMP_NUM_THREADS to the replica's num_cpus (min 1); set the pool explicitly.
         torch.set_num_threads(threads)
-        self.pad_to_multiple_of = settings.pad_to_multiple_of or (8 if self.device == "cuda" else 1)
-        unset = {k: v for k, v in DEVICE_BATCH_DEFAULTS[self.device].items() if k not in settings.model_fields_set}
+        # The simulated GPU (benchmarks and tests on CPU) batches like the GPU it stands in for.
+        batches_like = "cuda" if backend_name(settings.backend, self.device) == "simulated-gpu" else self.device
+        self.pad_to_multiple_of = settings.pad_to_multiple_of or (8 if batches_like == "cuda" else 1)
+        unset = {k: v for k, v in DEVICE_BATCH_DEFAULTS[batches_like].items() if k not in settings.model_fields_set}
         self.batching = settings.batch_settings().model_copy(update=unset)
         self.backend = build_backend(settings, self.device, self.dtype)
         self.warm_up()

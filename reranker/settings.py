@@ -48,7 +48,7 @@ class RerankerSettings(BatchSettings):
     # Scorer
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
+    backend: Literal["auto", "torch", "onnx", "onnx-int8", "simulated-gpu"] = "auto"
     # Compute threads of the scorer (torch and ONNX Runtime); unset: available_cpus().
     torch_threads: Optional[int] = Field(None, ge=1)
     pad_to_multiple_of: Optional[int] = Field(None, ge=1)

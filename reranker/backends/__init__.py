@@ -47,6 +47,7 @@ BACKENDS = {
     "torch": "reranker.backends.torch:TorchBackend",
     "onnx": "reranker.backends.onnx:OnnxBackend",
     "onnx-int8": "reranker.backends.onnx:OnnxInt8Backend",
+    "simulated-gpu": "reranker.backends.simulated:SimulatedGpuBackend",
 }
 
 

@@ -1,0 +1,148 @@
+"""A simulated GPU for machines without one: the CPU cost of an eager forward, then a GIL-free wait.
+
+It runs on device "cpu" and loads no weights; it stands in for the float16 mBERT forward on an
+H200 so the serving path (event loop, batching, handle calls) can be measured and tested on a
+CPU machine. Per forward batch:
+
+- `launch` does the CPU work of an eager transformers forward: for each torch call it holds the
+  GIL for the Python between calls, then runs natively with the GIL released (as torch's bindings
+  do around the dispatch and the CUDA launch). Per-call times and the call count are measured by
+  `benchmarks/launch_cost.py` (full mBERT layer structure, tiny widths, on CPU).
+- The simulated device runs the batch for GPU_FIXED_S + GPU_S_PER_TOKEN x padded tokens, starting
+  when the launch starts or when the device finishes its previous batch, whichever is later, and
+  never before the launch has ended (the last kernel is queued then).
+- `fetch` sleeps until the device is done (the GIL is free meanwhile, as in a CUDA synchronize)
+  and returns the logits.
+
+Logits are a hash of each pair's token ids, types and positions under its attention mask, so a
+pair scores the same in any batch, at any padding, in any process: tests compare scores over
+HTTP with the in-process scorer's. Each backend object simulates its own GPU; replicas in
+different processes do not share one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from reranker.model_files import read_model_config
+from reranker.relevance import relevance_head
+
+# Eager forward of the mBERT architecture (12 layers, SDPA): torch calls from Python per forward,
+# and the CPU microseconds of each with the GIL held and released (benchmarks/launch_cost.py;
+# RESULTS.md, GPU serving section).
+LAUNCH_TORCH_CALLS = 600
+LAUNCH_PYTHON_S_PER_CALL = 4e-6
+LAUNCH_NATIVE_S_PER_CALL = 6e-6
+# H200, float16 mBERT, pre-encoded pairs (benchmarks/gpu/h200_gpu_results.md and issue 13):
+# about 3 ms for 6,300 padded tokens, about 16 ms for 32,768 and 32 ms for 65,536.
+GPU_FIXED_S = 0.0002
+GPU_S_PER_TOKEN = 0.48e-6
+
+# Multipliers of the 32-bit mixing hash (odd constants from splitmix/murmur finalizers).
+_MIX = (0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F)
+
+
+def simulated_logits(input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray, num_labels: int) -> np.ndarray:
+    """Deterministic float32 logits (batch x labels) of padded pairs; padding never changes them."""
+    ids = input_ids.astype(np.uint64)
+    positions = np.arange(ids.shape[1], dtype=np.uint64)[None, :]
+    types = token_type_ids.astype(np.uint64)
+    mask = attention_mask.astype(np.float64)
+    lengths = np.maximum(mask.sum(axis=1), 1.0)
+    columns = []
+    for label in range(num_labels):
+        salt = np.uint64(label + 1)
+        h = (ids * np.uint64(_MIX[0]) + positions * np.uint64(_MIX[1]) + types * np.uint64(_MIX[2]) + salt * np.uint64(_MIX[3]))
+        h &= np.uint64(0xFFFFFFFF)
+        h ^= h >> np.uint64(15)
+        h = (h * np.uint64(0x2C1B3C6D)) & np.uint64(0xFFFFFFFF)
+        h ^= h >> np.uint64(12)
+        uniform = h.astype(np.float64) / 2.0**32 - 0.5
+        columns.append(4.0 * (uniform * mask).sum(axis=1) / np.sqrt(lengths))
+    return np.stack(columns, axis=1).astype(np.float32)
+
+
+@dataclass
+class SimulatedBatch:
+    """One launched batch: its logits and when the simulated device finishes it (perf_counter)."""
+
+    logits: np.ndarray
+    done_at: float
+
+
+class SimulatedGpuBackend:
+    """Eager-forward CPU cost with the GIL, then a GIL-free wait for the simulated GPU time."""
+
+    name = "simulated-gpu"
+    devices = ("cpu",)
+
+    @classmethod
+    def load(cls, settings, device: str, dtype) -> "SimulatedGpuBackend":
+        config = read_model_config(settings.model, settings.revision)
+        head = relevance_head(config, settings.relevant_label)
+        return cls(num_labels=head.num_labels, pad_token_id=config.get("pad_token_id") or 0)
+
+    def __init__(
+        self,
+        num_labels: int = 2,
+        pad_token_id: int = 0,
+        launch_torch_calls: int = LAUNCH_TORCH_CALLS,
+        launch_python_s_per_call: float = LAUNCH_PYTHON_S_PER_CALL,
+        launch_native_s_per_call: float = LAUNCH_NATIVE_S_PER_CALL,
+        gpu_fixed_s: float = GPU_FIXED_S,
+        gpu_s_per_token: float = GPU_S_PER_TOKEN,
+    ):
+        self.num_labels = num_labels
+        self.pad_token_id = pad_token_id
+        self.launch_torch_calls = launch_torch_calls
+        self.launch_python_s_per_call = launch_python_s_per_call
+        self.gpu_fixed_s = gpu_fixed_s
+        self.gpu_s_per_token = gpu_s_per_token
+        self._device_free_at = 0.0
+        self._lock = threading.Lock()  # the health check's warm-up may launch beside a batch
+        self._native_block = b"\0" * max(2048, int(launch_native_s_per_call * self._hash_bytes_per_s()))
+
+    @staticmethod
+    def _hash_bytes_per_s() -> float:
+        """How many bytes sha256 hashes per second here (it releases the GIL above 2 KiB)."""
+        block = b"\0" * (1 << 20)
+        best = float("inf")
+        for _ in range(5):
+            started = time.perf_counter()
+            hashlib.sha256(block).digest()
+            best = min(best, time.perf_counter() - started)
+        return len(block) / max(best, 1e-9)
+
+    def gpu_seconds(self, padded_tokens: int) -> float:
+        """Simulated device time of one forward batch."""
+        return self.gpu_fixed_s + self.gpu_s_per_token * padded_tokens
+
+    def launch(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> SimulatedBatch:
+        """The eager forward's CPU work (GIL held, then released, per torch call); queues the device time."""
+        started = time.perf_counter()
+        for _ in range(self.launch_torch_calls):
+            python_until = time.perf_counter() + self.launch_python_s_per_call
+            while time.perf_counter() < python_until:  # Python bytecode: holds the GIL
+                pass
+            hashlib.sha256(self._native_block).digest()  # native work without the GIL
+        logits = simulated_logits(input_ids, attention_mask, token_type_ids, self.num_labels)
+        launched = time.perf_counter()
+        with self._lock:
+            done_at = max(max(started, self._device_free_at) + self.gpu_seconds(int(input_ids.size)), launched)
+            self._device_free_at = done_at
+        return SimulatedBatch(logits, done_at)
+
+    @staticmethod
+    def fetch(launched: list) -> list[np.ndarray]:
+        """Sleeps (GIL released) until the last launched batch is done; their logits in order."""
+        if not launched:
+            return []
+        wait_s = max(batch.done_at for batch in launched) - time.perf_counter()
+        if wait_s > 0:
+            time.sleep(wait_s)
+        return [batch.logits for batch in launched]
