@@ -665,3 +665,12 @@ def test_prometheus_helper_scrapes_and_queries():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_metrics_endpoint_passes_on_every_serve_metric_the_assets_use():
+    """The app's /metrics re-emits a fixed list of Serve's families: every one the dashboard and rules use."""
+    from reranker.metrics_export import exported, family_of
+
+    used = {name for name in referenced_metrics() if name.startswith("ray_serve_")}
+    assert used
+    assert not {name for name in used if not exported(family_of(name))}
