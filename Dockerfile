@@ -42,7 +42,7 @@ RUN PIP_EXTRA_INDEX_URL="$TORCH_INDEX_URL" pip install --no-cache-dir "torch==2.
 COPY --chown=1000:100 . /home/ray/app
 WORKDIR /home/ray/app
 RUN PIP_EXTRA_INDEX_URL="$TORCH_INDEX_URL" pip install --no-cache-dir "torch==2.13.0" . \
-    && python -c "import ray, deployments.app, reranker; assert ray.__version__ == '2.60.0', ray.__version__"
+    && python -c "import ray, deployments.app, reranker.proto.tei_pb2_grpc; assert ray.__version__ == '2.60.0', ray.__version__"
 
 # Optional: bake the model into HF_HOME (the Kubernetes manifests use a cache volume instead).
 RUN --mount=type=secret,id=hf_token,uid=1000,required=false \
@@ -56,9 +56,9 @@ RUN --mount=type=secret,id=hf_token,uid=1000,required=false \
 # Set HF_HUB_OFFLINE=0 to let an un-baked image download on first use.
 ENV HF_HUB_OFFLINE=1
 
-EXPOSE 8000 8080 8265 6379
+EXPOSE 8000 9000 8080 8265 6379
 
-# Health: GET /health (liveness) and GET /ready (model loaded) on port 8000.
+# Health: GET /health (liveness) and GET /ready (model loaded) on port 8000; gRPC (TEI's tei.v1.Rerank) on 9000.
 # checkov:skip=CKV_DOCKER_2: Kubernetes ignores Docker HEALTHCHECK; KubeRay sets liveness/readiness probes
 # Local smoke test: docker run --rm -p 8000:8000 IMAGE (add --gpus all for the GPU image).
 CMD ["serve", "run", "/home/ray/app/serve_config.yaml"]

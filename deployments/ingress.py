@@ -3,25 +3,32 @@ them through the pipeline, and answers with its family's typed response.
 
 Routes: the route table's rerank routes (TEI `/rerank`, Cohere/Jina `/v1/rerank`, Cohere
 `/v2/rerank`, `/score`), and `/health`, `/ready`, `/info`, `/metrics`, `/docs`, `/openapi.json`.
+gRPC (Serve's gRPC proxy routes a call to the method named like the RPC): TEI's `tei.v1.Rerank`
+service, `Rerank` and `RerankStream`, on the same path as `/rerank`.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations as objects.
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ray import serve
 from ray.serve import Deployment
+from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 
 from reranker import __version__
-from reranker.api import RERANK_ROUTES, ApiContext, Route, truncation_header
+from reranker.api import RERANK_ROUTES, ApiContext, Route, tei_grpc, truncation_header
 from reranker.errors import ERROR_MODELS, NotReadyBody, NotReadyError
+from reranker.grpc_server import CallState, GrpcCalls, add_trailing_metadata
+from reranker.messages import DocScores, PairRequest
 from reranker.metrics import IngressStageMetrics
 from reranker.metrics_export import node_metrics_text
 from reranker.pipeline import Pipeline
+from reranker.proto import tei_pb2
 from reranker.server import create_app
 from reranker.settings import RerankerSettings
 from reranker.validation import check_pair_request
@@ -30,7 +37,7 @@ ERROR_STATUSES = (400, 401, 413, 422, 429, 503, 504)
 
 
 class Ingress:
-    """HTTP front door: validation, limits, fan-out to tokenizer and scorer, typed answers, health and metrics."""
+    """HTTP and gRPC front door: validation, limits, fan-out to tokenizer and scorer, typed answers, health and metrics."""
 
     def __init__(self, tokenizer: DeploymentHandle, scorer: DeploymentHandle, settings: RerankerSettings):
         self.settings = settings
@@ -39,23 +46,29 @@ class Ingress:
             {settings.model, settings.model.rstrip("/").split("/")[-1], *settings.model_aliases}
         )
         self.metrics = IngressStageMetrics()
+        self.grpc_calls = GrpcCalls()
+
+    async def score_pairs(self, pair_request: PairRequest, state, started: float) -> DocScores:
+        """Validates, splits and scores one request's pairs (HTTP and gRPC); notes its size in `state`."""
+        check_pair_request(pair_request, self.settings)
+        parts = self.pipeline.split(pair_request)
+        self.metrics.stage_duration.observe(time.perf_counter() - started, tags={"stage": "validation"})
+        scores = await self.pipeline.score(parts)
+        state.passages = len(pair_request.passages)
+        state.tokens = scores.total_tokens
+        if self.settings.log_text:  # a debug setting: text stays out of logs otherwise
+            state.text = {"queries": pair_request.queries, "passages": pair_request.passages}
+        for count in scores.chunks_per_doc.tolist():
+            self.metrics.chunks_per_document.observe(count)
+        return scores
 
     async def rerank(self, request: Request, route: Route, body) -> Response:
         """One rerank request of any family: validate, split, score, answer."""
         started = time.perf_counter()
         context = ApiContext(self.settings, self.model_names, request.state.request_id)
         pair_request = route.api.to_pair_request(body, context)
-        check_pair_request(pair_request, self.settings)
-        parts = self.pipeline.split(pair_request)
-        self.metrics.stage_duration.observe(time.perf_counter() - started, tags={"stage": "validation"})
-        scores = await self.pipeline.score(parts)
+        scores = await self.score_pairs(pair_request, request.state, started)
         started = time.perf_counter()
-        request.state.passages = len(pair_request.passages)
-        request.state.tokens = scores.total_tokens
-        if self.settings.log_text:  # a debug setting: text stays out of logs otherwise
-            request.state.text = {"queries": pair_request.queries, "passages": pair_request.passages}
-        for count in scores.chunks_per_doc.tolist():
-            self.metrics.chunks_per_document.observe(count)
         answer = route.api.build_response(body, pair_request, scores, context)
         response = Response(
             answer.model_dump_json(exclude_none=True),
@@ -64,6 +77,45 @@ class Ingress:
         )
         self.metrics.stage_duration.observe(time.perf_counter() - started, tags={"stage": "response"})
         return response
+
+    async def Rerank(
+        self, request: tei_pb2.RerankRequest, grpc_context: RayServegRPCContext
+    ) -> tei_pb2.RerankResponse:
+        """TEI's gRPC `Rerank`: the `/rerank` path, answered as TEI's RerankResponse."""
+
+        async def answer(state: CallState) -> tei_pb2.RerankResponse:
+            started = time.perf_counter()
+            tei_grpc.check_message_bytes(request.ByteSize(), self.settings)
+            call = tei_grpc.from_request(request, ApiContext(self.settings, self.model_names, state.request_id))
+            return await self.answer_grpc(call, state, grpc_context, started)
+
+        return await self.grpc_calls.run("Rerank", grpc_context, grpc_request_id(), answer, tei_pb2.RerankResponse)
+
+    async def RerankStream(
+        self, requests: AsyncIterator[tei_pb2.RerankStreamRequest], grpc_context: RayServegRPCContext
+    ) -> tei_pb2.RerankResponse:
+        """TEI's gRPC `RerankStream`: one (query, text) per message, scored together once the stream ends."""
+
+        async def answer(state: CallState) -> tei_pb2.RerankResponse:
+            started = time.perf_counter()
+            messages = await tei_grpc.read_stream(requests, self.settings)
+            call = tei_grpc.from_stream(messages, ApiContext(self.settings, self.model_names, state.request_id))
+            return await self.answer_grpc(call, state, grpc_context, started)
+
+        return await self.grpc_calls.run(
+            "RerankStream", grpc_context, grpc_request_id(), answer, tei_pb2.RerankResponse
+        )
+
+    async def answer_grpc(
+        self, call: tei_grpc.GrpcRerank, state: CallState, grpc_context: RayServegRPCContext, started: float
+    ) -> tei_pb2.RerankResponse:
+        scores = await self.score_pairs(call.pairs, state, started)
+        response_started = time.perf_counter()
+        answer = tei_grpc.build_response(call, scores, total_time_ns=int((response_started - started) * 1e9))
+        if scores.query_truncated:
+            add_trailing_metadata(grpc_context, [(k.lower(), v) for k, v in truncation_header(True).items()])
+        self.metrics.stage_duration.observe(time.perf_counter() - response_started, tags={"stage": "response"})
+        return answer
 
     async def ready(self) -> JSONResponse:
         try:
@@ -100,6 +152,15 @@ class Ingress:
             "tokenizer": tokenizer_info,
             "version": __version__,
         }
+
+
+def grpc_request_id() -> str:
+    """The id Serve's gRPC proxy gave this call (the client's `request_id` metadata, or a new one).
+
+    The proxy sends it back in the trailing metadata and Serve puts it on its own log lines; Serve
+    has no public getter for it outside HTTP.
+    """
+    return serve.context._get_serve_request_context().request_id
 
 
 def current_ingress() -> Ingress:

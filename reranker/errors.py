@@ -106,6 +106,22 @@ class SettingsError(ValueError):
 # Framework-level HTTP errors (unknown route, wrong method) in the same bodies.
 HTTP_ERRORS = {404: RouteNotFoundError, 405: MethodNotAllowedError}
 
+# The same table for gRPC (TEI's `Rerank` RPC): each HTTP status above maps to the gRPC status
+# code TEI's own gRPC server gives that error type (router/src/grpc/server.rs): validation and
+# empty input are INVALID_ARGUMENT, and so is a request over a limit (TEI: batch size and input
+# length are validation errors); overloaded is RESOURCE_EXHAUSTED, unhealthy UNAVAILABLE, a missing
+# or wrong key UNAUTHENTICATED. Names of `grpc.StatusCode` members, so this module needs no grpc.
+GRPC_STATUS_CODES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    413: "INVALID_ARGUMENT",
+    422: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
 FAILURE_REASONS = (
     "empty",
     "unauthenticated",
@@ -127,6 +143,12 @@ def error_body(exc: RerankerError, family: str) -> dict:
     if family == "cohere":
         return {"message": exc.message}
     return {"error": exc.message, "error_type": exc.error_type}
+
+
+def grpc_status(exc: RerankerError) -> tuple[str, str]:
+    """The gRPC status code name and details for an error; an internal error's details are generic."""
+    code = GRPC_STATUS_CODES.get(exc.status_code, "INTERNAL")
+    return code, (INTERNAL_ERROR_MESSAGE if code == "INTERNAL" else exc.message)
 
 
 def error_headers(exc: RerankerError) -> dict:

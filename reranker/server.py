@@ -70,6 +70,32 @@ def reason_for_status(code: int) -> str:
             499: "client_closed", 503: "not_ready", 504: "deadline"}.get(code, "validation" if 400 <= code < 500 else "internal")
 
 
+def record_request(
+    metrics: HttpMetrics, method: Optional[str], route: str, request_id: str, code: int, elapsed: float, state: dict
+) -> None:
+    """One finished request (HTTP, or gRPC with its HTTP-equivalent code): metrics and one JSON access-log line."""
+    metrics.requests.inc(tags={"route": route, "status_code": str(code)})
+    metrics.request_duration.observe(elapsed, tags={"route": route})
+    if code >= 400:
+        metrics.failures.inc(tags={"reason": state.get("failure_reason") or reason_for_status(code)})
+    logger.info(
+        json.dumps(
+            {
+                "event": "access",
+                "request_id": request_id,
+                "method": method,
+                "route": route,
+                "status": code,
+                "latency_ms": round(elapsed * 1000, 2),
+                "passages": state.get("passages", 0),
+                "tokens": state.get("tokens", 0),
+                **({"text": state["text"]} if state.get("text") else {}),
+            },
+            ensure_ascii=False,
+        )
+    )
+
+
 class RequestContextMiddleware:
     """Per request: id, API key, body-size limit, in-flight gauge, metrics, one JSON access-log line,
     and the generic 500 for an unexpected error (details only in the log, with the request id)."""
@@ -141,26 +167,7 @@ class RequestContextMiddleware:
             self.record(scope, route, request_id, status["code"], time.perf_counter() - started, state)
 
     def record(self, scope, route: str, request_id: str, code: int, elapsed: float, state: dict) -> None:
-        self.metrics.requests.inc(tags={"route": route, "status_code": str(code)})
-        self.metrics.request_duration.observe(elapsed, tags={"route": route})
-        if code >= 400:
-            self.metrics.failures.inc(tags={"reason": state.get("failure_reason") or reason_for_status(code)})
-        logger.info(
-            json.dumps(
-                {
-                    "event": "access",
-                    "request_id": request_id,
-                    "method": scope.get("method"),
-                    "route": route,
-                    "status": code,
-                    "latency_ms": round(elapsed * 1000, 2),
-                    "passages": state.get("passages", 0),
-                    "tokens": state.get("tokens", 0),
-                    **({"text": state["text"]} if state.get("text") else {}),
-                },
-                ensure_ascii=False,
-            )
-        )
+        record_request(self.metrics, scope.get("method"), route, request_id, code, elapsed, state)
 
     def reject_before_body(self, path: str, headers: dict, limit: int) -> Optional[RerankerError]:
         """API key and declared body size, checked before the body is read or validated."""

@@ -69,6 +69,7 @@ class ServeCluster:
         # Metrics reach the node's agent every second instead of every ten.
         os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
         self.http_port = free_port()
+        self.grpc_port = free_port()
         self.metrics_port = free_port()
         ray.init(
             address="local",
@@ -80,6 +81,7 @@ class ServeCluster:
         self.base_config = load_serve_config()
         config = copy.deepcopy(self.base_config)
         config["http_options"].update(host="127.0.0.1", port=self.http_port)
+        config["grpc_options"].update(port=self.grpc_port)
         self.deploy(config)
         self.wait_ready("/")
 
@@ -93,7 +95,11 @@ class ServeCluster:
         from ray.serve.schema import ServeDeploySchema
 
         schema = ServeDeploySchema.model_validate(config)
-        client = serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
+        client = serve_start(
+            http_options=schema.http_options.model_dump(),
+            grpc_options=schema.grpc_options.model_dump(),
+            proxy_location=schema.proxy_location,
+        )
         client.deploy_apps(schema, _blocking=False)
         self.current_config = config
 

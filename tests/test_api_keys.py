@@ -114,6 +114,37 @@ def test_keys_from_a_file(keyed_apps):
 
 
 @serving
+def test_grpc_rerank_needs_a_key(keyed_apps, serve_cluster):
+    """TEI's gRPC Rerank reads the key from metadata `authorization`, with the same check as HTTP; it
+    is never logged."""
+    import time
+
+    import grpc
+
+    from reranker.proto import tei_pb2, tei_pb2_grpc
+
+    request = tei_pb2.RerankRequest(query=QUERY, texts=TEXTS)
+    app = ("application", "keyfile")
+    with grpc.insecure_channel(f"127.0.0.1:{serve_cluster.grpc_port}") as channel:
+        stub = tei_pb2_grpc.RerankStub(channel)
+        for metadata in ((), (("authorization", f"Bearer wrong-{FILE_KEYS[0]}"),), (("authorization", "Bearer"),)):
+            with pytest.raises(grpc.RpcError) as failure:
+                stub.Rerank(request, metadata=(app, *metadata), timeout=60)
+            assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED, failure.value.details()
+            assert "API key" in failure.value.details()
+        stream = iter([tei_pb2.RerankStreamRequest(query=QUERY, text=TEXTS[0])])
+        with pytest.raises(grpc.RpcError) as failure:
+            stub.RerankStream(stream, metadata=(app,), timeout=60)
+        assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        for key in FILE_KEYS:
+            response = stub.Rerank(request, metadata=(app, ("authorization", f"Bearer {key}")), timeout=60)
+            assert sorted(rank.index for rank in response.ranks) == [0, 1]
+    time.sleep(1.5)
+    leaks = files_containing(FILE_KEYS + [f"wrong-{FILE_KEYS[0]}"])
+    assert not any(leaks.values()), leaks
+
+
+@serving
 def test_keys_never_reach_the_logs(keyed_apps):
     # Requests with right and wrong keys, on every guarded route, then a look at every log file.
     for base, keys in ((keyed_apps["keys"], ENV_KEYS), (keyed_apps["keyfile"], FILE_KEYS)):

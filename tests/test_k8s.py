@@ -445,6 +445,24 @@ def test_ingress_targets_the_serve_service(rendered, path):
 
 
 @pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_grpc_service_reaches_every_serving_proxy(rendered, path):
+    """KubeRay's serve Service has only port 8000; reranker-grpc carries grpc_options' port to the workers."""
+    [app_port] = {_serve_config(rendered, path)["grpc_options"]["port"]}
+    service = h.one(rendered[path], "Service", "reranker-grpc")
+    [port] = service["spec"]["ports"]
+    assert port["port"] == app_port and port["targetPort"] == "grpc"
+    for name, group in h.ray_groups(_rayservice(rendered, path)):
+        ports = {p["name"]: p["containerPort"] for p in h.ray_container(group["template"]["spec"])["ports"]}
+        assert ports["grpc"] == app_port, name
+        # KubeRay labels serving pods `ray.io/serve: "true"`; the Service selects them by the rest.
+        labels = {**group["template"]["metadata"]["labels"], "ray.io/serve": "true"}
+        assert service["spec"]["selector"].items() <= labels.items(), name
+    job_labels = h.one(rendered[path], "Job")["spec"]["template"]["metadata"]["labels"]
+    assert not service["spec"]["selector"].items() <= job_labels.items()
+    assert _allows(h.one(rendered[path], "NetworkPolicy"), app_port, "any")
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
 def test_pod_disruption_budgets_select_worker_groups(rendered, path):
     labels = _template_labels(rendered, path)
     pdbs = [d for d in rendered[path] if d["kind"] == "PodDisruptionBudget"]
