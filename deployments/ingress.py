@@ -1,8 +1,10 @@
 """Ingress deployment (CPU): the HTTP routes. Each rerank route maps its body to pairs, scores
 them through the pipeline, and answers with its family's typed response.
 
-Routes: the route table's rerank routes (TEI `/rerank`, Cohere/Jina `/v1/rerank`, Cohere
-`/v2/rerank`, `/score`), and `/health`, `/ready`, `/info`, `/metrics`, `/docs`, `/openapi.json`.
+Routes: the route table's rerank routes (TEI's and Infinity/vLLM's `/rerank`, Cohere/Jina
+`/v1/rerank`, Cohere `/v2/rerank`, `/score`, Weaviate's `/weaviate/rerank`), and `/health`,
+`/ready`, `/info`, `/metrics`, `/docs`, `/openapi.json`, Weaviate's `/weaviate/.well-known/ready`,
+`/weaviate/.well-known/live` and `/weaviate/meta`.
 gRPC (Serve's gRPC proxy routes a call to the method named like the RPC): TEI's `tei.v1.Rerank`
 service, `Rerank` and `RerankStream`, on the same path as `/rerank`.
 """
@@ -21,13 +23,14 @@ from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 
 from reranker import __version__
-from reranker.api import RERANK_ROUTES, ApiContext, Route, tei_grpc, truncation_header
+from reranker.api import RERANK_ROUTES, ApiContext, Route, tei_grpc, truncation_header, weaviate
+from reranker.api.tei import tei_info
 from reranker.errors import ERROR_MODELS, NotReadyBody, NotReadyError
 from reranker.grpc_server import CallState, GrpcCalls, add_trailing_metadata
 from reranker.messages import DocScores, PairRequest
 from reranker.metrics import IngressStageMetrics
 from reranker.metrics_export import node_metrics_text
-from reranker.pipeline import Pipeline
+from reranker.pipeline import Pipeline, running_replicas
 from reranker.proto import tei_pb2
 from reranker.server import create_app
 from reranker.settings import RerankerSettings
@@ -129,10 +132,13 @@ class Ingress:
         return JSONResponse({"status": "ready"})
 
     async def info(self) -> dict:
+        """This service's description, and TEI's /info fields beside it (for `tei-client`)."""
         tokenizer_info, scorers = await self.pipeline.describe()
         head = scorers[0] if scorers else {}
         s = self.settings
+        tei = tei_info(s, tokenizer_info, head, await running_replicas(), ingress_limits(), __version__)
         return {
+            **tei.model_dump(),
             "model_id": s.model,
             "revision": s.revision,
             "aliases": sorted(self.model_names),
@@ -152,6 +158,27 @@ class Ingress:
             "tokenizer": tokenizer_info,
             "version": __version__,
         }
+
+    async def weaviate_meta(self) -> weaviate.WeaviateMeta:
+        tokenizer_info, scorers = await self.pipeline.describe()
+        head = scorers[0] if scorers else {}
+        return weaviate.WeaviateMeta(
+            model={
+                "model_id": self.settings.model,
+                "revision": self.settings.revision,
+                "model_sha": tokenizer_info.get("model_sha"),
+                "id2label": tokenizer_info.get("id2label"),
+                "max_length": tokenizer_info["max_length"],
+                "score": head.get("score"),
+                "version": __version__,
+            }
+        )
+
+
+def ingress_limits() -> dict[str, int]:
+    """This deployment's max_ongoing_requests and max_queued_requests, as Serve runs it."""
+    config = serve.get_replica_context()._deployment_config
+    return {"max_ongoing_requests": config.max_ongoing_requests, "max_queued_requests": config.max_queued_requests}
 
 
 def grpc_request_id() -> str:
@@ -207,6 +234,25 @@ def build_routes(app: FastAPI) -> FastAPI:
     @app.get("/info", summary="Model, score definition, limits, and each scorer's device and dtype")
     async def info(ingress: Ingress = Depends(current_ingress)):
         return await ingress.info()
+
+    @app.get(
+        weaviate.READY_PATH,
+        status_code=204,
+        response_class=Response,
+        responses={503: {"model": NotReadyBody}},
+        summary="Weaviate's readiness probe: 204 once a canary pair has been scored",
+    )
+    async def weaviate_ready(ingress: Ingress = Depends(current_ingress)):
+        answer = await ingress.ready()
+        return answer if answer.status_code != 200 else Response(status_code=204)
+
+    @app.get(weaviate.LIVE_PATH, status_code=204, response_class=Response, summary="Weaviate's liveness probe")
+    async def weaviate_live():
+        return Response(status_code=204)
+
+    @app.get(weaviate.META_PATH, response_model=weaviate.WeaviateMeta, summary="The model, for Weaviate's /v1/meta")
+    async def weaviate_meta(ingress: Ingress = Depends(current_ingress)):
+        return await ingress.weaviate_meta()
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics of every replica on this node")
     async def metrics():

@@ -16,7 +16,7 @@ from reranker.relevance import check_architecture
 from reranker.settings import RerankerSettings
 from reranker.messages import EncodedPairs, PairRequest
 from reranker.tokenization import PairEncoder
-from reranker.model_files import load_tokenizer, read_model_config, resolve_max_length
+from reranker.model_files import labels, load_tokenizer, model_commit, read_model_config, resolve_max_length
 
 logger = logging.getLogger("ray.serve")
 
@@ -29,6 +29,8 @@ class Tokenizer:
         config = read_model_config(settings.model, settings.revision)
         check_architecture(config)
         self.max_length = resolve_max_length(config, settings.max_length)
+        self.id2label, self.label2id = labels(config)
+        self.model_sha = model_commit(settings.model, settings.revision)
         self.encoder = PairEncoder(
             load_tokenizer(settings.model, settings.revision),
             self.max_length,
@@ -75,4 +77,10 @@ class Tokenizer:
     def describe(self) -> dict:
         import sys
 
-        return {"max_length": self.max_length, "torch_imported": "torch" in sys.modules}
+        return {
+            "max_length": self.max_length,
+            "torch_imported": "torch" in sys.modules,
+            "model_sha": self.model_sha,
+            "id2label": self.id2label,
+            "label2id": self.label2id,
+        }

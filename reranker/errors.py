@@ -1,8 +1,9 @@
 """One exception hierarchy and one status table for every route.
 
-TEI-style routes (`/rerank`, `/score`) answer `{"error", "error_type"}`; Cohere/Jina routes
-(`/v1/rerank`, `/v2/rerank`) answer `{"message"}` because Cohere's SDK reads that key. Both bodies
-come from `error_body`, so there is one error path.
+TEI-style routes (`/rerank`, `/score`, `/weaviate/rerank`) answer `{"error", "error_type"}`;
+Cohere/Jina routes (`/v1/rerank`, `/v2/rerank`) answer `{"message", "detail"}` with the same text in
+both: Cohere's SDK reads `message`, Jina's clients (Haystack, LangChain, LlamaIndex) read `detail`.
+Both bodies come from `error_body`, so there is one error path.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ INTERNAL_ERROR_MESSAGE = "Internal server error. The request id identifies it in
 def error_body(exc: RerankerError, family: str) -> dict:
     """The JSON body for an error on a route family: 'tei' or 'cohere'."""
     if family == "cohere":
-        return {"message": exc.message}
+        return {"message": exc.message, "detail": exc.message}
     return {"error": exc.message, "error_type": exc.error_type}
 
 
@@ -166,9 +167,10 @@ class ErrorBody(BaseModel):
 
 
 class CohereErrorBody(BaseModel):
-    """Cohere and Jina routes' error body: Cohere's SDK reads `message`."""
+    """Cohere and Jina routes' error body: Cohere's SDK reads `message`, Jina's clients `detail` (the same text)."""
 
     message: str
+    detail: str
 
 
 class NotReadyBody(BaseModel):

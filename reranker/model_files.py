@@ -100,6 +100,29 @@ def load_tokenizer(model: str, revision: Optional[str] = None):
     return tokenizer
 
 
+def model_commit(model: str, revision: Optional[str] = None) -> Optional[str]:
+    """The hub commit a model's files come from (its snapshot folder's name); None for a local directory."""
+    if is_local_path(model):
+        return None
+    path = model_file(model, revision, "config.json")
+    if path is None:
+        return None
+    snapshot = os.path.dirname(path)
+    if os.path.basename(os.path.dirname(snapshot)) != "snapshots":
+        return None
+    return os.path.basename(snapshot)
+
+
+def labels(model_config: dict) -> tuple[dict[str, str], dict[str, int]]:
+    """The config's id2label and label2id, with string ids and integer labels as TEI's /info gives them."""
+    id2label = {str(k): str(v) for k, v in (model_config.get("id2label") or {}).items()}
+    if not id2label:  # transformers' defaults for a config that names no labels
+        count = model_config.get("num_labels") if isinstance(model_config.get("num_labels"), int) else 2
+        id2label = {str(i): f"LABEL_{i}" for i in range(count)}
+    label2id = {str(k): int(v) for k, v in (model_config.get("label2id") or {}).items()}
+    return id2label, label2id or {name: int(i) for i, name in id2label.items()}
+
+
 def resolve_max_length(model_config: dict, override: Optional[int] = None) -> int:
     """Longest pair the model accepts: max_position_embeddings (less RoBERTa's padding offset).
 

@@ -188,11 +188,7 @@ class Pipeline:
     async def describe(self) -> tuple[dict, list[dict]]:
         """The tokenizer's description and each running scorer replica's (sampled, bounded in time)."""
         tokenizer_info = await asyncio.wait_for(self.tokenizer.describe.remote(), timeout=DESCRIBE_TIMEOUT_S)
-        try:
-            deployments = await asyncio.to_thread(app_deployments)
-            running = int(deployments["Scorer"].replica_states.get("RUNNING", 1))
-        except Exception:  # noqa: BLE001 - one sample still answers
-            running = 1
+        running = (await running_replicas()).get("Scorer") or 1
         scorers: dict[str, dict] = {}
         deadline = time.monotonic() + DESCRIBE_TIMEOUT_S
         # Handle calls pick replicas at random: 2n + 1 draws find all n replicas almost always.
@@ -207,6 +203,15 @@ class Pipeline:
                 break
             scorers[described["replica"]] = described
         return tokenizer_info, list(scorers.values())
+
+
+async def running_replicas() -> dict[str, int]:
+    """RUNNING replicas of each deployment of this application; empty if Serve's controller does not say."""
+    try:
+        deployments = await asyncio.to_thread(app_deployments)
+        return {name: int(info.replica_states.get("RUNNING", 0)) for name, info in deployments.items()}
+    except Exception:  # noqa: BLE001 - callers fall back to one replica
+        return {}
 
 
 def app_deployments() -> dict:

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from reranker import __version__
-from reranker.api import KNOWN_PATHS, PUBLIC_PATHS, error_family
+from reranker.api import BODY_UNION_TAGS, KNOWN_PATHS, PUBLIC_PATHS, error_family
 from reranker.errors import (
     HTTP_ERRORS,
     INTERNAL_ERROR_MESSAGE,
@@ -47,13 +47,20 @@ def local_path(scope) -> str:
     return path[len(prefix):] or "/" if prefix and path.startswith(prefix) else path
 
 
+def presented_key(authorization: str) -> bytes:
+    """The key in an Authorization header: `Bearer <key>`, or the bare key (LlamaIndex's TEI clients send that)."""
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip().encode("utf-8")
+    return authorization.strip().encode("utf-8")
+
+
 def check_api_key(authorization: str, keys: list[bytes]) -> None:
-    """Raises UnauthenticatedError unless `Authorization: Bearer <key>` names one of `keys`.
+    """Raises UnauthenticatedError unless the Authorization header (`Bearer <key>` or `<key>`) names one of `keys`.
 
     Every key is compared, always, in constant time, so timing does not reveal which one nearly matched.
     """
-    scheme, _, token = authorization.partition(" ")
-    presented = token.strip().encode("utf-8") if scheme.lower() == "bearer" else b""
+    presented = presented_key(authorization)
     matched = False
     for key in keys:
         matched |= hmac.compare_digest(presented, key)
@@ -190,7 +197,11 @@ async def reranker_error(request: Request, exc: RerankerError) -> JSONResponse:
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     problems = []
     for err in exc.errors()[:5]:
-        location = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        # ("body", <union tag>, field, ...) on a route that takes several bodies: the tag is no field.
+        parts = [p for p in err.get("loc", ()) if p != "body"]
+        if parts and parts[0] in BODY_UNION_TAGS:
+            parts = parts[1:]
+        location = ".".join(str(p) for p in parts) or "body"
         problems.append(f"{location}: {err.get('msg', 'invalid')}")
     return await reranker_error(request, ValidationError("Invalid request: " + "; ".join(problems)))
 

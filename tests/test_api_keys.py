@@ -21,6 +21,7 @@ GUARDED = {
     "/v1/rerank": {"query": QUERY, "documents": TEXTS},
     "/v2/rerank": {"query": QUERY, "documents": TEXTS},
     "/score": {"pairs": [[QUERY, TEXTS[0]]]},
+    "/weaviate/rerank": {"query": QUERY, "documents": TEXTS, "property": ""},
 }
 
 
@@ -41,30 +42,34 @@ def assert_unauthenticated(response: httpx.Response, route: str) -> None:
     assert response.status_code == 401, response.text
     assert response.headers["www-authenticate"] == "Bearer"
     body = response.json()
-    if route in ("/rerank", "/score"):
+    if route in ("/rerank", "/score", "/weaviate/rerank"):
         assert body["error_type"] == "unauthenticated" and set(body) == {"error", "error_type"}
     else:
-        assert set(body) == {"message"} and "API key" in body["message"]
+        assert set(body) == {"message", "detail"} and "API key" in body["message"] and body["detail"] == body["message"]
 
 
 @serving
 @pytest.mark.parametrize("route", list(GUARDED))
-def test_guarded_routes_need_a_bearer_key(keyed_apps, route):
+def test_guarded_routes_need_a_key(keyed_apps, route):
     url = keyed_apps["keys"] + route
     body = GUARDED[route]
     for headers in (
         {},
         {"Authorization": "Bearer wrong-key"},
+        {"Authorization": "wrong-key"},
         {"Authorization": "Bearer"},
         {"Authorization": "Basic key-one"},
-        {"Authorization": "key-one"},
+        {"Authorization": "key-one-and-more"},
         {"Authorization": "Bearer key-one-and-more"},
         {"Authorization": "Bearer key-on"},
+        {"Authorization": "key-on"},
     ):
         assert_unauthenticated(httpx.post(url, json=body, headers=headers, timeout=60), route)
     for key in ENV_KEYS:
-        response = httpx.post(url, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60)
-        assert response.status_code == 200, response.text
+        # `Bearer <key>`, and the bare key that LlamaIndex's TEI clients send.
+        for header in (f"Bearer {key}", key):
+            response = httpx.post(url, json=body, headers={"Authorization": header}, timeout=60)
+            assert response.status_code == 200, (header, response.text)
     # The scheme is case-insensitive (RFC 7235).
     assert httpx.post(url, json=body, headers={"Authorization": "bearer key-two"}, timeout=60).status_code == 200
 
@@ -86,6 +91,28 @@ def test_operations_routes_stay_open(keyed_apps):
     assert httpx.get(base + "/ready", timeout=60).status_code == 200
     metrics = httpx.get(base + "/metrics", timeout=60)
     assert metrics.status_code == 200 and "ray_reranker_requests_total" in metrics.text
+    # Weaviate's module sends no key: its readiness and meta paths stay open (its /rerank does not).
+    assert httpx.get(base + "/weaviate/.well-known/ready", timeout=60).status_code == 204
+    assert httpx.get(base + "/weaviate/.well-known/live", timeout=60).status_code == 204
+    assert httpx.get(base + "/weaviate/meta", timeout=60).json()["model"]["max_length"] == 512
+
+
+@serving
+def test_llamaindex_tei_reranker_sends_the_bare_key(keyed_apps, tiny_model_dir):
+    """LlamaIndex's TEI reranker puts `auth_token` in Authorization as it is, without `Bearer`.
+
+    (A wrong bare key is a 401: test_guarded_routes_need_a_key.)
+    """
+    from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+    from llama_index.postprocessor.tei_rerank import TextEmbeddingInference
+    from reference import reference_scores
+
+    _, normalized = reference_scores(tiny_model_dir, QUERY, TEXTS)
+    nodes = [NodeWithScore(node=TextNode(text=text)) for text in TEXTS]
+    reranker = TextEmbeddingInference(base_url=keyed_apps["keys"], auth_token="key-two", top_n=2)
+    ranked = reranker.postprocess_nodes(nodes, QueryBundle(QUERY))
+    assert [node.score for node in ranked] == pytest.approx(sorted(normalized, reverse=True), abs=1e-4)
+    assert [node.text for node in ranked] == [TEXTS[i] for i in sorted(range(2), key=lambda i: -normalized[i])]
 
 
 @serving
@@ -180,7 +207,10 @@ def test_keys_are_compared_in_constant_time_against_every_key(monkeypatch):
 
     server.check_api_key("Bearer key-one", keys)  # matches the first key, still compared with all three
     assert [b for _, b in calls] == keys and all(a == b"key-one" for a, _ in calls)
-    for header in ("Bearer nope", "", "Basic key-one"):
+    calls.clear()
+    server.check_api_key("key-two", keys)  # the bare key: the same comparisons
+    assert [b for _, b in calls] == keys and all(a == b"key-two" for a, _ in calls)
+    for header in ("Bearer nope", "", "Basic key-one", "nope", "Bearer"):
         calls.clear()
         with pytest.raises(server.UnauthenticatedError):
             server.check_api_key(header, keys)

@@ -1,7 +1,7 @@
 """Hostile and malformed input against the session app: every case gets its documented 4xx, fast.
 
 TEI routes (`/rerank`, `/score`) answer `{"error", "error_type"}`; Cohere routes (`/v1/rerank`,
-`/v2/rerank`) answer `{"message"}`. After the whole corpus, `/health` and a normal rerank still work.
+`/v2/rerank`) answer `{"message", "detail"}`. After the whole corpus, `/health` and a normal rerank still work.
 
 Decisions this file pins down:
 - An empty or whitespace-only document inside a non-empty list is scored as an empty passage,
@@ -36,8 +36,9 @@ def check_error(response, status: int, route: str, contains: str = "") -> None:
     assert response.status_code == status, f"{route}: {response.status_code} {response.text[:300]}"
     body = response.json()
     if route.startswith(("/v1/", "/v2/")):
-        assert set(body) == {"message"}, body
+        assert set(body) == {"message", "detail"}, body
         message = body["message"]
+        assert body["detail"] == message
     else:
         assert set(body) == {"error", "error_type"}, body
         message = body["error"]

@@ -55,7 +55,7 @@ def test_status_table(cls, status, reason):
 def test_each_family_has_its_own_body(cls, status, reason):
     exc = cls("a message for the client")
     assert error_body(exc, "tei") == {"error": "a message for the client", "error_type": exc.error_type}
-    assert error_body(exc, "cohere") == {"message": "a message for the client"}
+    assert error_body(exc, "cohere") == {"message": "a message for the client", "detail": "a message for the client"}
 
 
 def test_overloaded_maps_to_429_with_retry_after():
@@ -165,7 +165,7 @@ def test_unexpected_errors_are_a_generic_500(inline_app, route):
     finally:
         logger.removeHandler(handler)
     assert response.status_code == 500
-    expected = {"message": INTERNAL_ERROR_MESSAGE} if route.startswith("/v") else {
+    expected = {"message": INTERNAL_ERROR_MESSAGE, "detail": INTERNAL_ERROR_MESSAGE} if route.startswith("/v") else {
         "error": INTERNAL_ERROR_MESSAGE, "error_type": "internal"}
     assert response.json() == expected
     assert SECRET not in response.text and "KeyError" not in response.text
@@ -180,7 +180,7 @@ def test_project_errors_keep_their_status(inline_app, exc):
     raised["exc"] = exc
     response = client.post("/v1/rerank")
     assert response.status_code == exc.status_code
-    assert response.json() == {"message": exc.message}
+    assert response.json() == {"message": exc.message, "detail": exc.message}
     if exc.retry_after_s:
         assert response.headers["retry-after"] == "3"
 

@@ -134,7 +134,8 @@ def test_request_id_is_echoed(http):
 
 def test_openapi_documents_every_route(http):
     spec = http.get("/openapi.json").json()
-    for path in ("/rerank", "/v1/rerank", "/v2/rerank", "/score", "/health", "/ready", "/info", "/metrics"):
+    for path in ("/rerank", "/v1/rerank", "/v2/rerank", "/score", "/health", "/ready", "/info", "/metrics",
+                 "/weaviate/rerank", "/weaviate/.well-known/ready", "/weaviate/.well-known/live", "/weaviate/meta"):
         assert path in spec["paths"], path
     assert http.get("/docs").status_code == 200
 
@@ -161,7 +162,7 @@ def test_unknown_route_and_wrong_method_use_the_family_error_body(http):
     assert missing.json()["error_type"] == "not_found" and "/nope" in missing.json()["error"]
     wrong = http.get("/v1/rerank")
     assert wrong.status_code == 405
-    assert set(wrong.json()) == {"message"} and "POST" in wrong.headers["allow"]
+    assert set(wrong.json()) == {"message", "detail"} and "POST" in wrong.headers["allow"]
 
 
 def test_opt_in_int8_backend_serves_its_own_scores(serve_cluster, tiny_model_dir):

@@ -1,8 +1,10 @@
 """The HTTP API families and the one route table.
 
-Each family module (`tei`, `cohere`, `score`) holds its request and response models and a
+Each family module (`tei`, `infinity`, `cohere`, `score`, `weaviate`) holds its request and response models and a
 `RerankApi` object: how a body becomes a `PairRequest`, and how `DocScores` become the typed
-answer. Adding a family is one module plus one line in `RERANK_ROUTES`.
+answer. Adding a family is one module plus one line in `RERANK_ROUTES`; a route that takes
+several families' bodies (TEI's and Infinity's on `/rerank`) tells them apart by a key of the
+body (`dispatch.BodyKeyDispatch`).
 
 Every route needs an API key when keys are configured, except the paths in `PUBLIC_PATHS`.
 """
@@ -61,20 +63,38 @@ def truncation_header(truncated: bool) -> Optional[dict]:
 
 
 def _route_table() -> tuple[Route, ...]:
-    from reranker.api import cohere, score, tei
+    from reranker.api import cohere, infinity, score, tei, weaviate
+    from reranker.api.dispatch import BodyKeyDispatch
 
+    rerank = BodyKeyDispatch(
+        {"texts": ("TEI", tei.API), "documents": ("Infinity, vLLM", infinity.API)},
+        "Rerank texts against a query: a TEI body (texts) or an Infinity/vLLM body (documents)",
+    )
     return (
-        Route("/rerank", tei.API),
+        Route("/rerank", rerank),
         Route("/v1/rerank", cohere.V1_API),
         Route("/v2/rerank", cohere.V2_API),
         Route("/score", score.API),
+        Route(weaviate.RERANK_PATH, weaviate.API),
     )
 
 
 RERANK_ROUTES: tuple[Route, ...] = _route_table()
 ROUTES_BY_PATH = {route.path: route for route in RERANK_ROUTES}
-PUBLIC_PATHS = frozenset({"/health", "/ready", "/info", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+
+
+def _public_paths() -> frozenset[str]:
+    from reranker.api import weaviate
+
+    operations = {"/health", "/ready", "/info", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json"}
+    # Weaviate's readiness and meta paths: operational, like /ready and /info.
+    return frozenset(operations | {weaviate.READY_PATH, weaviate.LIVE_PATH, weaviate.META_PATH})
+
+
+PUBLIC_PATHS = _public_paths()
 KNOWN_PATHS = frozenset(ROUTES_BY_PATH) | PUBLIC_PATHS
+# Union tags of the routes that take several bodies: not part of a field's location in an error.
+BODY_UNION_TAGS = frozenset(tag for route in RERANK_ROUTES for tag in getattr(route.api, "tags", ()))
 
 
 def error_family(path: str) -> str:

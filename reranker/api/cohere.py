@@ -65,6 +65,8 @@ class CohereMeta(BaseModel):
 
 
 class Usage(BaseModel):
+    # Both count every token scored; Infinity-style clients (LiteLLM's infinity/) read prompt_tokens.
+    prompt_tokens: int
     total_tokens: int
 
 
@@ -138,7 +140,7 @@ class CohereApi:
                 warnings=["The query was truncated to max_query_tokens."] if scores.query_truncated else [],
             ),
             model=context.settings.model,
-            usage=Usage(total_tokens=int(scores.total_tokens)),
+            usage=Usage(prompt_tokens=int(scores.total_tokens), total_tokens=int(scores.total_tokens)),
         )
 
 
