@@ -104,6 +104,8 @@ class DocScores:
     query_truncated: bool
     # The scorer's live max_batch_tokens: the ingress sizes the next request parts by it.
     max_batch_tokens: int = 0
+    # Tokens per second of the scorer's forward pass, measured when it loaded: admission's first guess.
+    forward_tokens_per_s: float = 0.0
 
     @staticmethod
     def concat(parts: Sequence["DocScores"]) -> "DocScores":
@@ -115,4 +117,5 @@ class DocScores:
             total_tokens=sum(p.total_tokens for p in parts),
             query_truncated=any(p.query_truncated for p in parts),
             max_batch_tokens=max(p.max_batch_tokens for p in parts),
+            forward_tokens_per_s=max(p.forward_tokens_per_s for p in parts),
         )

@@ -19,6 +19,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from reranker.admission import Admission, Ticket
 from reranker.batching import split_documents
 from reranker.errors import DeadlineExceededError, NotReadyError, RerankerError, ScorerUnavailableError
 from reranker.messages import DocScores, PairRequest
@@ -57,14 +58,21 @@ def last_exception_line(message: str, limit: int = 600) -> str:
     return f"{name}: {text.strip()}"[:limit]
 
 
-def split_request(request: PairRequest, budget_tokens: int, max_length: int) -> list[PairRequest]:
-    """Contiguous parts of about `budget_tokens` estimated tokens each (at least one document each)."""
+def passage_token_estimates(request: PairRequest, max_length: int) -> list[int]:
+    """Estimated tokens of each (query, passage) pair, from characters, before any tokenization."""
     per_doc_cap = max_length * (request.max_chunks if request.chunk else 1)
     query_estimate = max(len(q) for q in request.queries) // CHARS_PER_TOKEN_ESTIMATE + 3
-    estimates = [
-        min(len(text) // CHARS_PER_TOKEN_ESTIMATE + 1, per_doc_cap) + query_estimate for text in request.passages
-    ]
-    ranges = split_documents(estimates, budget_tokens)
+    return [min(len(text) // CHARS_PER_TOKEN_ESTIMATE + 1, per_doc_cap) + query_estimate for text in request.passages]
+
+
+def estimated_tokens(request: PairRequest, max_length: int) -> int:
+    """The work of a request part in estimated tokens: the unit of admission's backlog and rate."""
+    return sum(passage_token_estimates(request, max_length))
+
+
+def split_request(request: PairRequest, budget_tokens: int, max_length: int) -> list[PairRequest]:
+    """Contiguous parts of about `budget_tokens` estimated tokens each (at least one document each)."""
+    ranges = split_documents(passage_token_estimates(request, max_length), budget_tokens)
     if len(ranges) == 1:
         return [request]
     return [
@@ -90,6 +98,8 @@ class Pipeline:
         self.ready = False
         self.not_ready_reason = "The model has not scored a canary pair yet."
         self._canary_lock = asyncio.Lock()
+        # Refuses at the door what could not finish within the deadline (reranker/admission.py).
+        self.admission = Admission(settings.request_deadline_s * settings.admission_max_wait_fraction)
 
     def split(self, request: PairRequest) -> list[PairRequest]:
         return split_request(request, self.part_budget_tokens, self.max_length)
@@ -98,11 +108,14 @@ class Pipeline:
         """Scores the parts of one request concurrently; the whole request's scores in document order."""
         if not self.ready:
             await self.ensure_ready()
+        work = [estimated_tokens(part, self.max_length) for part in parts]
+        ticket = self.admission.admit(sum(work))  # OverloadedError (429) if it could not finish in time
         responses: list = []
         timeout_s = self.settings.request_deadline_s
         try:
             results = await asyncio.wait_for(
-                asyncio.gather(*(self._score_part(part, responses) for part in parts)), timeout=timeout_s
+                asyncio.gather(*(self._score_part(part, responses, ticket, w) for part, w in zip(parts, work))),
+                timeout=timeout_s,
             )
         except asyncio.TimeoutError:
             raise DeadlineExceededError(
@@ -110,9 +123,10 @@ class Pipeline:
             ) from None
         finally:
             cancel_quietly(responses)
+            ticket.release()
         return DocScores.concat(results)
 
-    async def _score_part(self, part: PairRequest, responses: list) -> DocScores:
+    async def _score_part(self, part: PairRequest, responses: list, ticket: Ticket, work: int) -> DocScores:
         """Tokenizer then scorer, chained without a round trip through here; retried once if a replica dies."""
         for attempt in (1, 2):
             encoded = self.tokenizer.encode.remote(part)
@@ -135,6 +149,7 @@ class Pipeline:
                 continue
             if result.max_batch_tokens:
                 self.part_budget_tokens = result.max_batch_tokens
+            ticket.part_done(work)
             return result
 
     # ----- readiness ---------------------------------------------------------------------------
@@ -160,6 +175,8 @@ class Pipeline:
             if result.raw.shape == (1,) and np.isfinite(result.raw).all():
                 if result.max_batch_tokens:
                     self.part_budget_tokens = result.max_batch_tokens
+                # Until admission has measured the service, the scorer's start-up forward rate stands in.
+                self.admission.rate.seed(result.forward_tokens_per_s)
                 self.ready = True
                 self.not_ready_reason = ""
         except Exception as exc:  # noqa: BLE001 - any failure means not ready; say why

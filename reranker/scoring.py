@@ -1,15 +1,16 @@
 """The scoring core: loads the cross-encoder once and scores encoded pairs. Usable without Ray.
 
-Only the scorer process imports this module (it imports torch).
+Only the scorer process imports this module. It imports torch only for a backend that needs it:
+a CPU scorer on ONNX Runtime never does (torch alone is about 140 MiB of a replica's memory).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 import numpy as np
-import torch
 
 from reranker.backends import backend_name, build_backend
 from reranker.batching import collate, plan_batches
@@ -21,7 +22,10 @@ from reranker.settings import BatchSettings, RerankerSettings, available_cpus
 
 logger = logging.getLogger("ray.serve")
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = ("float32", "float16", "bfloat16")
+# Device files of a GPU that torch could use (NVIDIA, WSL, ROCm). Without any, `device: auto` is
+# CPU without importing torch.
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
 
 # Batch budgets where a setting leaves them unset, per device (benchmarks/RESULTS.md): on 2 CPU
 # cores 8 length-sorted pairs per pass beat 16 and 32; an H200 peaks near 32k padded tokens.
@@ -49,22 +53,32 @@ class PairScores:
     batches: list[BatchStats] = field(default_factory=list)
 
 
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device; False without importing torch on a machine with no GPU device files."""
+    if not any(os.path.exists(path) for path in GPU_DEVICE_FILES):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def resolve_device(setting: str) -> str:
     if setting == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if setting == "cuda" and not torch.cuda.is_available():
+        return "cuda" if cuda_available() else "cpu"
+    if setting == "cuda" and not cuda_available():
         raise SettingsError("device is 'cuda' but CUDA is not available on this replica")
     return setting
 
 
-def resolve_dtype(setting: str, device: str) -> torch.dtype:
+def resolve_dtype(setting: str, device: str) -> str:
+    """The compute dtype's name (a torch backend turns it into torch's dtype)."""
     if setting == "auto":
         # float16 over bfloat16 on GPU: same speed, and its 10-bit mantissa ranks closer to fp32
         # (benchmarks/RESULTS.md, GPU section).
-        return torch.float16 if device == "cuda" else torch.float32
+        return "float16" if device == "cuda" else "float32"
     if device == "cpu" and setting != "float32":
         raise SettingsError(f"dtype {setting} is for GPU; the CPU path is float32 (bf16 without native support is ~5x slower)")
-    return DTYPES[setting]
+    return setting
 
 
 class ModelScorer:
@@ -79,9 +93,12 @@ class ModelScorer:
         self.max_length = resolve_max_length(config, settings.max_length)
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
-        threads = settings.torch_threads or available_cpus()
-        # Ray sets OMP_NUM_THREADS to the replica's num_cpus (min 1); set the pool explicitly.
-        torch.set_num_threads(threads)
+        self.threads = settings.torch_threads or available_cpus()
+        if backend_name(settings.backend, self.device) == "torch":
+            import torch
+
+            # Ray sets OMP_NUM_THREADS to the replica's num_cpus (min 1); set the pool explicitly.
+            torch.set_num_threads(self.threads)
         # The simulated GPU (benchmarks and tests on CPU) batches like the GPU it stands in for.
         batches_like = "cuda" if backend_name(settings.backend, self.device) == "simulated-gpu" else self.device
         self.pad_to_multiple_of = settings.pad_to_multiple_of or (8 if batches_like == "cuda" else 1)
@@ -89,10 +106,11 @@ class ModelScorer:
         self.batching = settings.batch_settings().model_copy(update=unset)
         self.backend = build_backend(settings, self.device, self.dtype)
         self.warm_up()
+        self.forward_tokens_per_s = self.measure_forward_rate()
         self.load_seconds = time.perf_counter() - started
         logger.info(
             "Loaded %s on %s (%s, backend %s) in %.1f s",
-            settings.model, self.device, str(self.dtype).replace("torch.", ""), self.backend.name, self.load_seconds,
+            settings.model, self.device, self.dtype, self.backend.name, self.load_seconds,
         )
 
     def reconfigure(self, batching: BatchSettings) -> None:
@@ -105,6 +123,18 @@ class ModelScorer:
         """
         ids = np.zeros((1, 3), np.int32)
         self.forward_logits(ids, np.ones_like(ids), ids)
+
+    def measure_forward_rate(self, pair_tokens: int = 128) -> float:
+        """Tokens per second of one full forward batch of `pair_tokens`-token pairs, timed once at load.
+
+        The ingress's admission uses it until it has measured the service itself.
+        """
+        tokens = min(pair_tokens, self.max_length)
+        pairs = max(1, min(self.batching.max_batch_size, self.batching.max_batch_tokens // tokens))
+        ids = np.zeros((pairs, tokens), np.int32)
+        started = time.perf_counter()
+        self.forward_logits(ids, np.ones_like(ids), ids)
+        return ids.size / max(time.perf_counter() - started, 1e-9)
 
     def forward_logits(self, input_ids, attention_mask, token_type_ids) -> np.ndarray:
         """Logits of one padded batch, waited for."""
@@ -138,11 +168,12 @@ class ModelScorer:
     def describe(self) -> dict:
         return {
             "device": self.device,
-            "dtype": str(self.dtype).replace("torch.", ""),
+            "dtype": self.dtype,
             "backend": self.backend.name,
             "max_length": self.max_length,
             "num_labels": self.head.num_labels,
             "score": self.head.describe(),
             "load_seconds": round(self.load_seconds, 3),
-            "torch_threads": torch.get_num_threads(),
+            "forward_tokens_per_s": round(self.forward_tokens_per_s, 1),
+            "torch_threads": self.threads,
         }

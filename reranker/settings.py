@@ -60,6 +60,9 @@ class RerankerSettings(BatchSettings):
     max_query_chars: int = Field(4_000, ge=1)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     request_deadline_s: float = Field(30.0, gt=0)
+    # A request whose estimated finish (the admitted backlog and itself, at the measured service
+    # rate) is later than this fraction of request_deadline_s is refused with 429 (reranker/admission.py).
+    admission_max_wait_fraction: float = Field(0.8, gt=0, le=1)
     log_text: bool = False
 
     @field_validator("relevant_label")

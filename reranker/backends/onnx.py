@@ -5,7 +5,8 @@ SkipLayerNorm, BiasGelu); the int8 file is that fused graph with its projections
 int8 products (per-token activations, per-channel weights, smoothed: `reranker/backends/onnx_int8.py`).
 Both live in
 `<onnx_cache_dir or ~/.cache/reranker/onnx>/<model id>/<revision or local-hash>/`,
-are exported at startup when missing, and can be baked into an image with
+are exported at start-up when missing (in a child process, so the serving process never holds the
+torch model the export loads), and can be baked into an image with
 `python -m reranker.backends.onnx export --model <id-or-dir> [--revision R] [--int8] [--cache-dir D]`.
 """
 
@@ -17,6 +18,8 @@ import inspect
 import logging
 import os
 import re
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -158,6 +161,33 @@ def ensure_exported(model: str, revision: Optional[str] = None, int8: bool = Fal
     return quantized
 
 
+def exported_in_child(model: str, revision: Optional[str] = None, int8: bool = False, cache_root: Optional[str] = None) -> Path:
+    """Like ensure_exported, but a missing export runs in a child process (this module's CLI).
+
+    An export loads the torch model and traces it; in the serving process that memory would stay
+    (about 3 GB for mBERT). A child gives it all back when it exits. Its time and peak RSS are logged.
+    """
+    read_model_config(model, revision)  # a clear ModelLoadError for a missing or unreachable model
+    directory = cache_dir_for(model, revision, cache_root)
+    path = directory / (INT8_FILE if int8 else FP32_FILE)
+    if path.is_file():
+        return path
+    command = [sys.executable, "-m", "reranker.backends.onnx", "export", "--model", model]
+    command += (["--revision", revision] if revision else []) + (["--int8"] if int8 else [])
+    command += ["--cache-dir", cache_root] if cache_root else []
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    started = time.perf_counter()
+    child = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    if child.returncode != 0 or not path.is_file():
+        lines = [line for line in child.stderr.splitlines() if line.startswith("error: ")]
+        raise ModelLoadError(lines[-1][len("error: "):] if lines else f"ONNX export of {model} failed: {child.stderr[-2000:]}")
+    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    logger.info("Exported %s to %s in %.1f s in a child process (peak RSS of any child so far %.0f MiB)", model, path, elapsed, peak_mib)
+    return path
+
+
 class OnnxBackend:
     """Forward pass through an ONNX Runtime CPU session (fp32 fused, or its int8 rewrite)."""
 
@@ -183,7 +213,7 @@ class OnnxBackend:
 
     @classmethod
     def load(cls, settings, device: str = "cpu", dtype=None) -> "OnnxBackend":
-        path = ensure_exported(settings.model, settings.revision, int8=cls.int8, cache_root=settings.onnx_cache_dir)
+        path = exported_in_child(settings.model, settings.revision, int8=cls.int8, cache_root=settings.onnx_cache_dir)
         config = read_model_config(settings.model, settings.revision)
         threads = settings.torch_threads or available_cpus()
         return cls(path, cls.name, config.get("pad_token_id") or 0, threads)

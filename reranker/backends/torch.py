@@ -19,8 +19,9 @@ class TorchBackend:
     devices = ("cpu", "cuda")
 
     @classmethod
-    def load(cls, settings, device: str, dtype: torch.dtype) -> "TorchBackend":
-        return cls(settings.model, settings.revision, device, dtype)
+    def load(cls, settings, device: str, dtype: str) -> "TorchBackend":
+        """`dtype` by name (float32, float16, bfloat16)."""
+        return cls(settings.model, settings.revision, device, getattr(torch, dtype))
 
     def __init__(self, model_id: str, revision: Optional[str], device: str, dtype: torch.dtype):
         from transformers import AutoModelForSequenceClassification
