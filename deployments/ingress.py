@@ -264,7 +264,13 @@ def build_routes(app: FastAPI) -> FastAPI:
 
 def ingress_deployment(settings: RerankerSettings) -> Deployment:
     """The Ingress deployment with its FastAPI app, built for these settings (never at import)."""
-    app = build_routes(create_app(settings))
+
+    def build_app() -> FastAPI:
+        # Serve calls this in each replica. An app built by the application builder instead, and
+        # pickled to the replicas, loses the identity of FastAPI's `_Unset` sentinel: its OpenAPI
+        # document then shows `"example": {}` on every request body.
+        return build_routes(create_app(settings))
+
     return serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)(
-        serve.ingress(app)(Ingress)
+        serve.ingress(build_app)(Ingress)
     )
