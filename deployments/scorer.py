@@ -10,12 +10,18 @@ from dataclasses import dataclass
 import numpy as np
 from ray import serve
 
-from reranker.batching import max_by_doc, padded_tokens, split_by_budget, unbatch
+from reranker.batching import max_by_doc, padded_tokens, split_by_budget
 from reranker.messages import DocScores, EncodedPairs
 from reranker.metrics import ScorerMetrics, with_thread_cpu
 from reranker.settings import BatchSettings, RerankerSettings
 
 logger = logging.getLogger("ray.serve")
+
+
+# Batch windows launched and not yet fetched, at most: the next window is collated and launched
+# while the previous one runs on the GPU (a CPU backend computes inside the launch, so there it
+# changes nothing); more would only hold device memory.
+WINDOWS_IN_FLIGHT = 2
 
 
 @dataclass
@@ -24,6 +30,21 @@ class ScoreItem:
 
     pairs: EncodedPairs
     enqueued_at: float
+
+
+@dataclass
+class WindowShare:
+    """One item's pairs in a launched batch window: `window` resolves to the whole window's PairScores."""
+
+    window: asyncio.Future
+    start: int
+    count: int
+
+    async def scores(self) -> tuple[np.ndarray, np.ndarray]:
+        # Shielded: a cancelled caller must not cancel the window its neighbours wait for.
+        scores = await asyncio.shield(self.window)
+        end = self.start + self.count
+        return scores.raw[self.start:end], scores.normalized[self.start:end]
 
 
 def batch_padded_tokens(items: list[ScoreItem]) -> int:
@@ -45,6 +66,7 @@ class Scorer:
         from reranker.scoring import ModelScorer
 
         self.metrics = ScorerMetrics()
+        self.windows_in_flight = asyncio.Semaphore(WINDOWS_IN_FLIGHT)
         self.core = ModelScorer(settings)
         self.metrics.model_load_seconds.set(self.core.load_seconds)
         # The core resolved the device's batch defaults; user_config, if any, arrives next.
@@ -61,12 +83,24 @@ class Scorer:
     async def score(self, pairs: EncodedPairs) -> DocScores:
         """Scores every pair of a request part and reduces them to one score per document."""
         now = time.perf_counter()
-        parts = split_by_budget(pairs, self.core.batching.max_batch_tokens) if pairs.num_pairs else []
-        results = await asyncio.gather(*(self._score_batch(ScoreItem(pairs.select(idx), now)) for idx in parts))
+        budget = self.core.batching.max_batch_tokens
+        if not pairs.num_pairs:
+            parts = []
+        elif padded_tokens(pairs.lengths) <= budget:
+            parts = [None]  # the usual case: the ingress sizes parts by this budget; no copy
+        else:
+            parts = split_by_budget(pairs, budget)
+        shares = await asyncio.gather(
+            *(self._score_batch(ScoreItem(pairs if idx is None else pairs.select(idx), now)) for idx in parts)
+        )
         raw = np.empty(pairs.num_pairs, np.float32)
         normalized = np.empty(pairs.num_pairs, np.float32)
-        for idx, (part_raw, part_normalized) in zip(parts, results):
-            raw[idx], normalized[idx] = part_raw, part_normalized
+        for idx, share in zip(parts, shares):
+            part_raw, part_normalized = await share.scores()
+            if idx is None:
+                raw, normalized = part_raw, part_normalized
+            else:
+                raw[idx], normalized[idx] = part_raw, part_normalized
         return DocScores(
             raw=max_by_doc(pairs.doc_index, pairs.num_docs, raw),
             normalized=max_by_doc(pairs.doc_index, pairs.num_docs, normalized),
@@ -74,26 +108,43 @@ class Scorer:
             total_tokens=pairs.total_tokens,
             query_truncated=pairs.query_truncated,
             max_batch_tokens=self.core.batching.max_batch_tokens,
-            forward_tokens_per_s=self.core.forward_tokens_per_s,
         )
 
     @serve.batch(max_batch_size=4096, batch_wait_timeout_s=0.005, batch_size_fn=batch_padded_tokens)
-    async def _score_batch(self, items: list[ScoreItem]) -> list[tuple[np.ndarray, np.ndarray]]:
-        started = time.perf_counter()
-        for item in items:
-            self.metrics.stage_duration.observe(started - item.enqueued_at, tags={"stage": "queue_wait"})
-        merged = EncodedPairs.concat([item.pairs for item in items])
-        # The forward pass runs off the event loop so health checks and new arrivals are served.
-        scores, cpu_s = await asyncio.to_thread(with_thread_cpu, self.core.score_pairs, merged)
-        self.metrics.stage_cpu.inc(cpu_s, tags={"stage": "inference"})
+    async def _score_batch(self, items: list[ScoreItem]) -> list[WindowShare]:
+        """Launches one batch window and returns as soon as it is launched: each item's share of it.
+
+        The batcher then gathers the next window while this one runs on the device; the wait for
+        the device happens in `_finish_window`, off the event loop like the launch.
+        """
+        await self.windows_in_flight.acquire()
+        try:
+            started = time.perf_counter()
+            for item in items:
+                self.metrics.stage_duration.observe(started - item.enqueued_at, tags={"stage": "queue_wait"})
+            merged = EncodedPairs.concat([item.pairs for item in items]) if len(items) > 1 else items[0].pairs
+            launched, cpu_s = await asyncio.to_thread(with_thread_cpu, self.core.launch_pairs, merged)
+        except BaseException:
+            self.windows_in_flight.release()
+            raise
+        window = asyncio.ensure_future(self._finish_window(launched, started, cpu_s))
+        starts = np.cumsum([0] + [item.pairs.num_pairs for item in items]).tolist()
+        return [WindowShare(window, start, item.pairs.num_pairs) for start, item in zip(starts, items)]
+
+    async def _finish_window(self, launched, started: float, launch_cpu_s: float):
+        """Waits for a launched window (off the event loop), records its metrics, frees its slot."""
+        try:
+            scores, cpu_s = await asyncio.to_thread(with_thread_cpu, self.core.finish_pairs, launched)
+        finally:
+            self.windows_in_flight.release()
+        self.metrics.stage_cpu.inc(launch_cpu_s + cpu_s, tags={"stage": "inference"})
         self.metrics.stage_duration.observe(time.perf_counter() - started, tags={"stage": "inference"})
-        self.metrics.pairs_scored.inc(merged.num_pairs)
+        self.metrics.pairs_scored.inc(launched.num_pairs)
         for batch in scores.batches:
             self.metrics.batch_pairs.observe(batch.pairs)
             self.metrics.batch_padded_tokens.observe(batch.padded_tokens)
             self.metrics.padding_efficiency.observe(batch.real_tokens / max(batch.padded_tokens, 1))
-        counts = [item.pairs.num_pairs for item in items]
-        return list(zip(unbatch(scores.raw, counts), unbatch(scores.normalized, counts)))
+        return scores
 
     def check_health(self) -> None:
         """A tiny forward pass: a wedged device or a broken model fails the replica's health check."""

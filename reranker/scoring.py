@@ -62,6 +62,25 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+@dataclass
+class LaunchedPairs:
+    """Forward batches of one call, launched and not yet fetched: the plan, the backend's handles, their stats."""
+
+    num_pairs: int
+    plan: list[np.ndarray]
+    batches: list = field(default_factory=list)
+    stats: list[BatchStats] = field(default_factory=list)
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device; False without importing torch on a machine with no GPU device files."""
+    if not any(os.path.exists(path) for path in GPU_DEVICE_FILES):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def resolve_device(setting: str) -> str:
     if setting == "auto":
         return "cuda" if cuda_available() else "cpu"
@@ -142,28 +161,35 @@ class ModelScorer:
 
     def score_pairs(self, pairs: EncodedPairs) -> PairScores:
         """Scores every pair, in length-sorted batches under the token budget, in input order."""
-        raw = np.empty(pairs.num_pairs, np.float32)
-        normalized = np.empty(pairs.num_pairs, np.float32)
-        stats = []
+        return self.finish_pairs(self.launch_pairs(pairs))
+
+    def launch_pairs(self, pairs: EncodedPairs) -> LaunchedPairs:
+        """Collates and launches every forward batch of the pairs; on a GPU it returns before they run."""
         plan = plan_batches(
             pairs.lengths, self.batching.max_batch_tokens, self.batching.max_batch_size, self.pad_to_multiple_of
         )
-        launched = []
+        launched = LaunchedPairs(num_pairs=pairs.num_pairs, plan=plan)
         for indices in plan:
             input_ids, attention_mask, token_type_ids = collate(
                 pairs, indices, self.pad_to_multiple_of, self.backend.pad_token_id
             )
-            launched.append(self.backend.launch(input_ids, attention_mask, token_type_ids))
-            stats.append(
+            launched.batches.append(self.backend.launch(input_ids, attention_mask, token_type_ids))
+            launched.stats.append(
                 BatchStats(
                     pairs=len(indices),
                     real_tokens=int(pairs.lengths[indices].sum()),
                     padded_tokens=int(input_ids.size),
                 )
             )
-        for indices, logits in zip(plan, self.backend.fetch(launched)):
+        return launched
+
+    def finish_pairs(self, launched: LaunchedPairs) -> PairScores:
+        """Waits for launched batches and returns their scores in the pairs' input order."""
+        raw = np.empty(launched.num_pairs, np.float32)
+        normalized = np.empty(launched.num_pairs, np.float32)
+        for indices, logits in zip(launched.plan, self.backend.fetch(launched.batches)):
             raw[indices], normalized[indices] = relevance_from_logits(logits, self.head)
-        return PairScores(raw=raw, normalized=normalized, batches=stats)
+        return PairScores(raw=raw, normalized=normalized, batches=launched.stats)
 
     def describe(self) -> dict:
         return {

@@ -1,8 +1,9 @@
-"""The int8 rewrite (deployments/onnx_int8.py): its arithmetic, its wiring, and batch independence.
+"""The int8 rewrite (reranker/backends/onnx_int8.py): its arithmetic, its wiring, and batch independence.
 
 Ranking fidelity needs real weights and lives in benchmarks/int8_fidelity.py; these tests prove
 that the graph computes what the module says it computes:
-- one quantized MatMul against the same quantization written in numpy;
+- one quantized MatMul against the same quantization written in numpy, also with activations and
+  weights at the extremes of their ranges (where ORT's u8 x s8 kernel saturates without VNNI);
 - the whole tiny model against a torch emulation of it (same calibration, same smoothing, same
   per-token and per-channel rounding), which checks the QKV split, MultiHeadAttention and mask;
 - a pair's int8 score does not depend on the other pairs in its batch (per-token scales).
@@ -22,12 +23,13 @@ from onnx import TensorProto, helper, numpy_helper
 from reference import Ours
 from transformers import AutoModelForSequenceClassification
 
-from deployments import onnx_int8
-from deployments.batching import collate
-from deployments.errors import ModelLoadError
-from deployments.onnx_backend import FP32_FILE, INT8_FILE, cache_dir_for, ensure_exported
-from deployments.settings import RerankerSettings
-from deployments.tokenization import PairEncoder, load_tokenizer, read_model_config, resolve_max_length
+from reranker.backends import onnx_int8
+from reranker.batching import collate
+from reranker.errors import ModelLoadError
+from reranker.backends.onnx import FP32_FILE, INT8_FILE, cache_dir_for, ensure_exported
+from reranker.settings import RerankerSettings
+from reranker.tokenization import PairEncoder
+from reranker.model_files import load_tokenizer, read_model_config, resolve_max_length
 
 PASSAGES = [*MULTILINGUAL_TEXTS, "", LONG_PASSAGE]
 
@@ -77,6 +79,42 @@ def test_quantized_matmul_matches_the_numpy_reference():
     quiet = np.ones(tokens, bool)
     quiet[3] = False
     assert np.max(np.abs(got[0, quiet] - exact[0, quiet])) <= 0.02 * np.max(np.abs(exact[0, quiet]))
+
+
+def test_quantized_matmul_is_exact_at_the_extremes_of_both_ranges():
+    # Activations at 255 (and 0) and weights at +-127 everywhere: on x86 CPUs without VNNI, ONNX
+    # Runtime's u8 x s8 kernel (VPMADDUBSW) adds two such products in int16 and saturates at
+    # 32767; the products must come out exact on every CPU.
+    k, n = 16, 6
+    signs = np.array([1, -1, 1, -1, 1, -1], np.float32)
+    weight = np.ones((k, n), np.float32) * signs * 0.25
+    weight[::2, 4:] *= -1  # two columns that alternate in sign along k
+    x = np.stack([
+        np.full(k, 3.0),           # every channel at the top: q = 255, zero point 0
+        np.full(k, -3.0),          # every channel at the bottom: q = 0, zero point 255
+        np.tile([1.7, -0.85], k // 2),  # both ends: q = 255 and 0, zero point 85
+    ]).astype(np.float32)[None]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    absmax = {"x": np.abs(x).reshape(-1, k).max(axis=0)}
+    quantized = onnx_int8.quantize_model(model, absmax)
+    got = ort.InferenceSession(quantized.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    expected = _reference_int8_matmul(x, weight, _smoothing(absmax["x"], weight))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # These inputs are exactly representable, so the int8 product is the fp32 one.
+    np.testing.assert_allclose(got, x @ weight, rtol=1e-5, atol=1e-5)
+    # A VNNI CPU computes u8 x s8 exactly too, so there only the graph can show the kernel it asks
+    # for: u8 x u8, the int8 weights shifted by the zero point 128.
+    (product,) = [node for node in quantized.graph.node if node.op_type == "MatMulInteger"]
+    constants = {init.name: numpy_helper.to_array(init) for init in quantized.graph.initializer}
+    weight_u8, weight_zero_point = constants[product.input[1]], constants[product.input[3]]
+    assert weight_u8.dtype == np.uint8 and weight_zero_point.dtype == np.uint8 and int(weight_zero_point) == 128
+    assert {int(v) for v in np.unique(weight_u8)} == {128 - 127, 128 + 127}
 
 
 def test_an_attention_it_cannot_rewrite_is_a_clear_load_error():

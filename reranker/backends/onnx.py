@@ -35,8 +35,9 @@ from reranker.model_files import model_file, describe_load_failure, is_local_pat
 logger = logging.getLogger("ray.serve")
 
 FP32_FILE = "model.onnx"
-# Named for the method: a cache written by the earlier per-tensor quantizer is not picked up.
-INT8_FILE = "model-int8-per-token.onnx"
+# Named for the method, so that a cache written by an earlier quantizer is not picked up: the
+# per-tensor one, or the per-token u8 x s8 one that saturated on CPUs without VNNI.
+INT8_FILE = "model-int8-per-token-u8u8.onnx"
 OPSET = 17
 
 

@@ -12,8 +12,14 @@ instead (benchmarks/RESULTS.md, section 3, has the measurements):
 - before quantizing, each input channel is divided by a smoothing factor that the weights
   absorb (SmoothQuant, Xiao et al. 2023): s_j = sqrt(max|x_j| / max|W_j|), with max|x_j|
   measured by running the fp32 model over a small built-in multilingual calibration set;
-- the products run in `MatMulInteger` (u8 x s8, the VNNI kernel); the zero point's share,
-  zp x column sums of the int8 weights, is subtracted from the integer result afterwards.
+- the products run in `MatMulInteger` as u8 x u8: the int8 weights are stored as uint8 (+128)
+  with a weight zero point of 128, which ONNX Runtime subtracts exactly; the activation zero
+  point's share, zp x column sums of the int8 weights, is subtracted from the integer result
+  afterwards. Not u8 x s8: on x86 CPUs without VNNI (AVX2, and AVX-512 without VNNI) ONNX
+  Runtime's u8 x s8 kernel adds pairs of products in int16 (VPMADDUBSW), which saturates at
+  32767 (255 x 127 x 2 = 64770), so results were wrong by up to ~17 on such CPUs. The u8 x u8
+  kernel widens to 16 bits first and is exact on every CPU (benchmarks/RESULTS.md, section 3).
+  7-bit weights would also avoid it with u8 x s8, but ranked at a Spearman of 0.985 (0.991 at 8).
 
 Quantized: the QKV projection of every fused `Attention` op (it becomes int8 QKV + `Split` +
 `MultiHeadAttention`, which takes projected Q, K and V) and every `MatMul` with a 2-D weight (the
@@ -86,6 +92,7 @@ CALIBRATION_PASSAGES = (
 )
 
 SMOOTHING_ALPHA = 0.5
+WEIGHT_ZERO_POINT = 128  # int8 weights stored as uint8 (see _per_token_int8_matmul)
 # Blocked QuantizeLinear (one scale per row) needs opset 21.
 OPSET = 21
 _MS = "com.microsoft"
@@ -156,7 +163,11 @@ def _per_token_int8_matmul(graph_nodes: list, initializers: list, prefix: str, x
     zero_point = node("Round", [node("Neg", [node("Div", [low, scale], "low_scaled")], "zero_point_raw")], "zero_point")
     q = node("QuantizeLinear", [xs, scale, node("Cast", [zero_point], "zero_point_u8", to=TensorProto.UINT8)], "q",
              axis=-1, block_size=in_features)
-    acc = node("Cast", [node("MatMulInteger", [q, const("weight_int8", quantized)], "acc_int32")], "acc", to=TensorProto.FLOAT)
+    # uint8 weights (int8 + 128) with zero point 128: ORT's u8 x s8 kernel saturates on x86
+    # without VNNI (module docstring); its u8 x u8 kernel is exact on every CPU.
+    weight_u8 = const("weight_u8", (quantized.astype(np.int16) + WEIGHT_ZERO_POINT).astype(np.uint8))
+    product = node("MatMulInteger", [q, weight_u8, "", const("weight_zero_point", np.uint8(WEIGHT_ZERO_POINT))], "acc_int32")
+    acc = node("Cast", [product], "acc", to=TensorProto.FLOAT)
     column_sums = const("column_sums", quantized.astype(np.float32).sum(axis=0))
     centered = node("Sub", [acc, node("Mul", [zero_point, column_sums], "zero_point_share")], "centered")
     per_column = node("Mul", [centered, const("weight_scale", weight_scale.astype(np.float32))], "per_column")
