@@ -108,6 +108,7 @@ class Scorer:
             total_tokens=pairs.total_tokens,
             query_truncated=pairs.query_truncated,
             max_batch_tokens=self.core.batching.max_batch_tokens,
+            forward_tokens_per_s=self.core.forward_tokens_per_s,
         )
 
     @serve.batch(max_batch_size=4096, batch_wait_timeout_s=0.005, batch_size_fn=batch_padded_tokens)

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 from reranker.errors import EmptyInputError, PayloadTooLargeError, ValidationError
 from reranker.messages import PairRequest
 from reranker.settings import RerankerSettings
-
-# Lone UTF-16 surrogates: JSON escapes like \ud800 decode to them, and no tokenizer accepts them.
-UNPAIRED_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def check_text(text: str, label: str, max_chars: int, limit_name: str) -> None:
@@ -18,8 +13,13 @@ def check_text(text: str, label: str, max_chars: int, limit_name: str) -> None:
         raise PayloadTooLargeError(f"{label} has {len(text)} characters, over {limit_name} ({max_chars}).")
     if "\x00" in text:
         raise ValidationError(f"{label} contains a null byte.")
-    if UNPAIRED_SURROGATE.search(text):
-        raise ValidationError(f"{label} contains an unpaired UTF-16 surrogate (invalid Unicode).")
+    if not text.isascii():
+        try:
+            # Lone UTF-16 surrogates (JSON escapes like \ud800 decode to them): no tokenizer takes them.
+            # Strict UTF-8 refuses exactly those, several times faster than a regex scan.
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError(f"{label} contains an unpaired UTF-16 surrogate (invalid Unicode).") from None
 
 
 def check_pair_request(request: PairRequest, settings: RerankerSettings) -> None:

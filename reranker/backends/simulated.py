@@ -16,16 +16,24 @@ CPU machine. Per forward batch:
 
 Logits are a hash of each pair's token ids, types and positions under its attention mask, so a
 pair scores the same in any batch, at any padding, in any process: tests compare scores over
-HTTP with the in-process scorer's. Each backend object simulates its own GPU; replicas in
-different processes do not share one.
+HTTP with the in-process scorer's.
+
+Processes that Ray gives the same GPU (fractional `num_gpus`: the same CUDA_VISIBLE_DEVICES)
+share one simulated device: its timeline lives in a file in /dev/shm, updated under a lock, so
+two scorers on one GPU get one GPU's time between them. A process without a GPU (num_gpus 0)
+simulates a device of its own. The switching cost between CUDA contexts is not simulated.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
+import struct
 import threading
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -62,6 +70,43 @@ def simulated_logits(input_ids: np.ndarray, attention_mask: np.ndarray, token_ty
     return (hashed * (8.0 / 2**32) - 4.0).astype(np.float32)
 
 
+class DeviceTimeline:
+    """When the simulated device is free next (perf_counter seconds: CLOCK_MONOTONIC, one clock per machine).
+
+    With a `path`, the time is kept in that file under an exclusive lock, shared by every process
+    that opens the same path; without one, in this object.
+    """
+
+    def __init__(self, path: Optional[str] = None):
+        self._lock = threading.Lock()
+        self._free_at = 0.0
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600) if path else None
+
+    def reserve(self, start_s: float, busy_s: float, not_before_s: float) -> float:
+        """Queues `busy_s` of device time after `start_s` and the previous work; returns when it ends."""
+        with self._lock:
+            if self._fd is None:
+                self._free_at = done_at = max(max(start_s, self._free_at) + busy_s, not_before_s)
+                return done_at
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                raw = os.pread(self._fd, 8, 0)
+                free_at = struct.unpack("d", raw)[0] if len(raw) == 8 else 0.0
+                done_at = max(max(start_s, free_at) + busy_s, not_before_s)
+                os.pwrite(self._fd, struct.pack("d", done_at), 0)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            return done_at
+
+
+def shared_device_path() -> Optional[str]:
+    """The timeline file of the GPU Ray assigned to this process, or None when it has none."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if not visible or not os.path.isdir("/dev/shm"):
+        return None
+    return f"/dev/shm/reranker-simulated-gpu-{visible.split(',')[0]}-uid{os.getuid()}"
+
+
 @dataclass
 class SimulatedBatch:
     """One launched batch: its logits and when the simulated device finishes it (perf_counter)."""
@@ -80,7 +125,7 @@ class SimulatedGpuBackend:
     def load(cls, settings, device: str, dtype) -> "SimulatedGpuBackend":
         config = read_model_config(settings.model, settings.revision)
         head = relevance_head(config, settings.relevant_label)
-        return cls(num_labels=head.num_labels, pad_token_id=config.get("pad_token_id") or 0)
+        return cls(num_labels=head.num_labels, pad_token_id=config.get("pad_token_id") or 0, device_path=shared_device_path())
 
     def __init__(
         self,
@@ -91,6 +136,7 @@ class SimulatedGpuBackend:
         launch_native_s_per_call: float = LAUNCH_NATIVE_S_PER_CALL,
         gpu_fixed_s: float = GPU_FIXED_S,
         gpu_s_per_token: float = GPU_S_PER_TOKEN,
+        device_path: Optional[str] = None,
     ):
         self.num_labels = num_labels
         self.pad_token_id = pad_token_id
@@ -98,8 +144,9 @@ class SimulatedGpuBackend:
         self.launch_python_s_per_call = launch_python_s_per_call
         self.gpu_fixed_s = gpu_fixed_s
         self.gpu_s_per_token = gpu_s_per_token
-        self._device_free_at = 0.0
-        self._lock = threading.Lock()  # the health check's warm-up may launch beside a batch
+        # One timeline per device: the health check's warm-up may launch beside a batch, and
+        # scorers sharing a GPU share its time.
+        self.timeline = DeviceTimeline(device_path)
         self._native_block = b"\0" * max(2048, int(launch_native_s_per_call * self._hash_bytes_per_s()))
 
     @staticmethod
@@ -126,10 +173,7 @@ class SimulatedGpuBackend:
                 pass
             hashlib.sha256(self._native_block).digest()  # native work without the GIL
         logits = simulated_logits(input_ids, attention_mask, token_type_ids, self.num_labels)
-        launched = time.perf_counter()
-        with self._lock:
-            done_at = max(max(started, self._device_free_at) + self.gpu_seconds(int(input_ids.size)), launched)
-            self._device_free_at = done_at
+        done_at = self.timeline.reserve(started, self.gpu_seconds(int(input_ids.size)), time.perf_counter())
         return SimulatedBatch(logits, done_at)
 
     @staticmethod

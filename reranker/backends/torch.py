@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -10,6 +11,14 @@ import torch
 
 from reranker.errors import ModelLoadError
 from reranker.model_files import describe_load_failure
+
+
+@dataclass
+class LaunchedForward:
+    """One launched forward: its logits (on the host once `ready` has fired; None on CPU, computed already)."""
+
+    logits: torch.Tensor
+    ready: Optional[torch.cuda.Event]
 
 
 class TorchBackend:
@@ -40,11 +49,13 @@ class TorchBackend:
         self.accepts_token_type_ids = "token_type_ids" in inspect.signature(self.model.forward).parameters
 
     @torch.inference_mode()
-    def launch(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> torch.Tensor:
-        """Starts one forward pass and returns its logits on the device, without waiting for them.
+    def launch(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> LaunchedForward:
+        """Starts one forward pass and returns without waiting for it.
 
         On GPU the three int32 arrays travel as one pinned block and widen to int64 there, so the
-        CPU can collate the next batch while this one runs.
+        CPU can collate the next batch while this one runs. The logits' copy to pinned host memory
+        is queued behind the forward, with an event after it: `fetch` waits for that event only,
+        never for batches launched later (by another thread) on the same stream.
         """
         block = torch.from_numpy(np.stack((input_ids, attention_mask, token_type_ids)))
         if self.device == "cuda":
@@ -53,12 +64,18 @@ class TorchBackend:
         inputs = {"input_ids": block[0], "attention_mask": block[1]}
         if self.accepts_token_type_ids:
             inputs["token_type_ids"] = block[2]
-        return self.model(**inputs).logits.float()
+        logits = self.model(**inputs).logits.float()
+        if self.device != "cuda":
+            return LaunchedForward(logits, None)
+        host = logits.to("cpu", non_blocking=True)  # pinned destination, queued after the forward
+        ready = torch.cuda.Event()
+        ready.record()
+        return LaunchedForward(host, ready)
 
     @staticmethod
     def fetch(launched: list) -> list[np.ndarray]:
-        """Waits for launched batches and returns their logits as numpy arrays (one transfer)."""
-        if not launched:
-            return []
-        stacked = torch.cat(launched).cpu().numpy()
-        return np.split(stacked, np.cumsum([t.shape[0] for t in launched])[:-1])
+        """Waits for launched batches (their own events; the GIL is released) and returns their logits."""
+        for forward in launched:
+            if forward.ready is not None:
+                forward.ready.synchronize()
+        return [forward.logits.numpy() for forward in launched]

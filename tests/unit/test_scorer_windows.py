@@ -1,0 +1,152 @@
+"""The Scorer's batch windows on a simulated GPU, without Ray: the next window is launched while the
+previous one runs on the device, at most WINDOWS_IN_FLIGHT at once, and callers of one window are
+independent (a cancelled one does not cancel the others). Ordering of events, no timing thresholds."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from deployments.scorer import WINDOWS_IN_FLIGHT, Scorer
+from reranker.backends.simulated import SimulatedGpuBackend
+from reranker.settings import RerankerSettings
+
+QUERY = "what is the capital of france"
+PASSAGES = [
+    ["paris is the capital and most populous city of france", "berlin ist die hauptstadt von deutschland"],
+    ["столица россии москва", "東京は日本の首都です", ""],
+    ["the quick brown fox jumps over the lazy dog", "madrid es la capital de españa"],
+]
+
+
+class RecordingBackend(SimulatedGpuBackend):
+    """The simulated GPU, noting the order of launches and finished fetches."""
+
+    def __init__(self, events: list, **kwargs):
+        super().__init__(launch_torch_calls=2, launch_python_s_per_call=1e-6, launch_native_s_per_call=1e-6, **kwargs)
+        self.events = events
+
+    def launch(self, *arrays):
+        self.events.append("launch")
+        return super().launch(*arrays)
+
+    def fetch(self, launched):
+        logits = super().fetch(launched)
+        self.events.append("fetched")
+        return logits
+
+
+@pytest.fixture(scope="module")
+def loop():
+    """One event loop for the module: Serve's batch queue binds to the first loop that uses it."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+def scorer_and_parts(tiny_model_dir, tiny_tokenizer, monkeypatch):
+    from ray.serve import batching
+
+    from reranker.tokenization import PairEncoder
+
+    # Serve's batcher compares its size with the replica's max_ongoing_requests, which only a replica has.
+    monkeypatch.setattr(batching._BatchQueue, "_warn_if_max_batch_size_exceeds_max_ongoing_requests", lambda self: None)
+
+    scorer = Scorer.func_or_class(RerankerSettings(model=str(tiny_model_dir), backend="simulated-gpu"))
+    events: list = []
+    # Each window occupies the simulated device for 0.3 s, far longer than a launch.
+    scorer.core.backend = RecordingBackend(events, gpu_fixed_s=0.3)
+    encoder = PairEncoder(tiny_tokenizer, scorer.core.max_length, 64)
+    parts = [encoder.encode(QUERY, passages) for passages in PASSAGES]
+    return scorer, parts, events
+
+
+def expected_scores(scorer, part) -> np.ndarray:
+    from reranker.batching import max_by_doc
+
+    return max_by_doc(part.doc_index, part.num_docs, scorer.core.score_pairs(part).raw)
+
+
+async def wait_for(predicate, what: str, timeout_s: float = 30):
+    async def poll():
+        while not predicate():
+            await asyncio.sleep(0.002)
+
+    try:
+        await asyncio.wait_for(poll(), timeout_s)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+def test_the_next_window_launches_while_the_previous_one_runs(scorer_and_parts, loop):
+    scorer, parts, events = scorer_and_parts
+
+    async def scenario():
+        first = asyncio.ensure_future(scorer.score(parts[0]))
+        await wait_for(lambda: events.count("launch") == 1, "the first window's launch")
+        second = asyncio.ensure_future(scorer.score(parts[1]))
+        return await asyncio.gather(first, second)
+
+    results = loop.run_until_complete(scenario())
+    # Two windows; the second was launched before the first one's fetch came back.
+    assert events == ["launch", "launch", "fetched", "fetched"]
+    for part, result in zip(parts, results):
+        np.testing.assert_array_equal(result.raw, expected_scores(scorer, part))
+
+
+def test_at_most_windows_in_flight_are_launched(scorer_and_parts, loop):
+    scorer, parts, events = scorer_and_parts
+    assert WINDOWS_IN_FLIGHT == 2
+
+    async def scenario():
+        tasks = []
+        for index, part in enumerate(parts):
+            tasks.append(asyncio.ensure_future(scorer.score(part)))
+            if index < WINDOWS_IN_FLIGHT:
+                await wait_for(lambda n=index + 1: events.count("launch") == n, f"launch {index + 1}")
+        return await asyncio.gather(*tasks)
+
+    results = loop.run_until_complete(scenario())
+    # The third window waits for a free slot: it launches only after the first window is fetched.
+    assert events.index("fetched") < [i for i, e in enumerate(events) if e == "launch"][2]
+    for part, result in zip(parts, results):
+        np.testing.assert_array_equal(result.raw, expected_scores(scorer, part))
+
+
+def test_a_cancelled_caller_does_not_cancel_its_window(scorer_and_parts, loop):
+    scorer, parts, events = scorer_and_parts
+
+    async def scenario():
+        # Both parts arrive within one batch window, so they share one launch.
+        kept = asyncio.ensure_future(scorer.score(parts[0]))
+        dropped = asyncio.ensure_future(scorer.score(parts[1]))
+        await wait_for(lambda: events.count("launch") == 1, "the shared window's launch")
+        dropped.cancel()
+        result = await kept
+        with pytest.raises(asyncio.CancelledError):
+            await dropped
+        return result
+
+    result = loop.run_until_complete(scenario())
+    assert events == ["launch", "fetched"]
+    np.testing.assert_array_equal(result.raw, expected_scores(scorer, parts[0]))
+
+
+def test_a_part_over_the_budget_is_split_and_reassembled(scorer_and_parts, loop):
+    scorer, parts, events = scorer_and_parts
+    from reranker.messages import EncodedPairs
+    from reranker.settings import BatchSettings
+
+    merged = EncodedPairs.concat(parts)
+    expected = expected_scores(scorer, merged)
+    budget = int(merged.lengths.max()) * 2
+    scorer.reconfigure(BatchSettings(max_batch_tokens=budget, max_batch_size=256).model_dump())
+    try:
+        result = loop.run_until_complete(scorer.score(merged))
+    finally:  # the batch queue's settings belong to the class: restore them for other tests
+        scorer.reconfigure(BatchSettings(max_batch_tokens=32768, max_batch_size=256).model_dump())
+    np.testing.assert_array_equal(result.raw, expected)
+    assert result.raw.shape == (merged.num_docs,)
