@@ -1,7 +1,7 @@
 """Generates the Python gRPC modules of reranker/proto/tei.proto beside it (grpcio-tools, test extra).
 
 `python scripts/generate_grpc.py` rewrites reranker/proto/tei_pb2.py, tei_pb2.pyi and tei_pb2_grpc.py;
-tests/test_grpc_proto.py checks that the committed modules equal a fresh generation.
+tests/unit/test_grpc_proto.py checks that the committed modules equal a fresh generation.
 """
 
 from __future__ import annotations

@@ -57,3 +57,9 @@ class Ours:
         """(EncodedPairs, PairScores) of the passages against the query."""
         encoded = self.encoder.encode(query, passages, **options)
         return encoded, self.scorer.score_pairs(encoded)
+
+
+def pair_ids(encoded, i: int) -> tuple[list[int], list[int]]:
+    """Token ids and token types of pair i of EncodedPairs, as lists."""
+    start, length = int(encoded.offsets[i]), int(encoded.lengths[i])
+    return encoded.input_ids[start: start + length].tolist(), encoded.token_type_ids[start: start + length].tolist()

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import MULTILINGUAL_TEXTS, QUERY, reranker_app
 from reference import reference_scores
-from serving_helpers import files_containing, logs_dir, poll
+from serving_helpers import files_containing, logs_dir, metric_sum, poll
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
@@ -74,7 +74,8 @@ def broken_model_dir(tiny_model_dir, tmp_path_factory):
 
 def fault_app_entries(broken_model_dir) -> list[dict]:
     return [
-        app_entry("faults_kill", Scorer=fixed(2, ray_actor_options=SMALL_SCORER)),
+        # Two tiny scorers on the one test node: lift the shipped cap of one per node.
+        app_entry("faults_kill", Scorer=fixed(2, ray_actor_options=SMALL_SCORER, max_replicas_per_node=2)),
         app_entry("faults_broken", env={"RERANKER_MODEL": str(broken_model_dir)}),
         app_entry(
             "faults_deadline",
@@ -329,6 +330,17 @@ def test_client_disconnect_cancels_its_work(fault_apps, tiny_model_dir):
         assert http.get("/health").status_code == 200
         assert http.post("/rerank", json={"query": QUERY, "texts": neighbour_texts}).status_code == 200
 
+    # The abandoned request is counted as 499 (client closed request), never as a server error.
+    def statuses() -> dict:
+        text = httpx.get(metrics_url, timeout=10).text
+        return {
+            code: metric_sum(text, "ray_reranker_requests_total", application="faults_disconnect", status_code=code)
+            for code in ("499", "500")
+        }
+
+    poll(lambda: statuses()["499"] >= 1, 30, "the abandoned request counted as 499")
+    assert statuses() == {"499": 1, "500": 0}
+
 
 @pytest.mark.timeout(120)
 def test_overload_at_the_queue_limit_is_429_with_retry_after(fault_apps, tiny_model_dir):
@@ -358,3 +370,11 @@ def test_overload_at_the_queue_limit_is_429_with_retry_after(fault_apps, tiny_mo
             assert retry_after and re.fullmatch(r"\d+", retry_after), response.headers
     with httpx.Client(base_url=url, timeout=30) as http:
         assert http.post("/rerank", json={"query": QUERY, "texts": TEXTS}).status_code == 200
+    # What the RerankerOverloaded alert reads: the proxy counts the 429s it answered itself, which
+    # the ingress's own metrics never see.
+    def proxy_refusals(text: str) -> float:
+        return metric_sum(text, "ray_serve_num_http_requests_total", application="faults_overload", status_code="429")
+
+    with httpx.Client(base_url=fault_apps.url, timeout=30) as http:
+        poll(lambda: proxy_refusals(http.get("/metrics").text) >= codes.count(429), 30, "the proxy's 429s in /metrics")
+        assert proxy_refusals(http.get("/metrics").text) == codes.count(429)

@@ -15,19 +15,17 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prometheus_server import PrometheusServer, find_prometheus
 
 pytestmark = pytest.mark.monitoring
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MON = ROOT / "k8s" / "monitoring"
 DASHBOARD = MON / "grafana-dashboard.json"
 RULE_CRD = MON / "prometheusrule.yaml"

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import LONG_PASSAGE, MULTILINGUAL_TEXTS, QUERY
+from conftest import LONG_PASSAGE, MULTILINGUAL_TEXTS, QUERY, REPO_ROOT
 from reference import Ours
 
 from reranker.backends.onnx import FP32_FILE, INT8_FILE, cache_dir_for
@@ -69,7 +69,7 @@ def test_export_cli(tiny_model_dir_1label, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "reranker.backends.onnx", "export", "--model", str(tiny_model_dir_1label),
          "--int8", "--cache-dir", str(tmp_path)],
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env,
+        cwd=str(REPO_ROOT), env=env,
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -82,7 +82,7 @@ def test_export_cli_reports_a_missing_model(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "reranker.backends.onnx", "export", "--model", str(tmp_path / "missing"),
          "--cache-dir", str(tmp_path)],
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        cwd=str(REPO_ROOT),
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 1

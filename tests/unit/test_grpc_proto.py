@@ -11,7 +11,7 @@ from google.protobuf.descriptor import FieldDescriptor as F
 
 from reranker.proto import tei_pb2
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 import generate_grpc  # noqa: E402
