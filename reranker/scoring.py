@@ -53,15 +53,6 @@ class PairScores:
     batches: list[BatchStats] = field(default_factory=list)
 
 
-def cuda_available() -> bool:
-    """Whether torch sees a CUDA device; False without importing torch on a machine with no GPU device files."""
-    if not any(os.path.exists(path) for path in GPU_DEVICE_FILES):
-        return False
-    import torch
-
-    return torch.cuda.is_available()
-
-
 @dataclass
 class LaunchedPairs:
     """Forward batches of one call, launched and not yet fetched: the plan, the backend's handles, their stats."""
