@@ -82,7 +82,14 @@ def fault_app_entries(broken_model_dir) -> list[dict]:
             args={"request_deadline_s": DEADLINE_S},
             Scorer=fixed(1, ray_actor_options=SMALL_SCORER, user_config=DEADLINE_WINDOW),
         ),
-        app_entry("faults_disconnect", Scorer=fixed(1, ray_actor_options=SMALL_SCORER, user_config=DISCONNECT_WINDOW)),
+        # Every request here waits out a 2 s batch window, so the measured service rate is tiny and
+        # admission (reranker/admission.py) would refuse the neighbour behind the abandoned request
+        # at the default 30 s deadline: a longer deadline keeps both admitted.
+        app_entry(
+            "faults_disconnect",
+            args={"request_deadline_s": 120},
+            Scorer=fixed(1, ray_actor_options=SMALL_SCORER, user_config=DISCONNECT_WINDOW),
+        ),
         app_entry(
             "faults_overload",
             Ingress=fixed(
