@@ -29,6 +29,8 @@ def small_app(
         deployment["num_replicas"] = replicas
         if deployment["name"] == "Scorer":
             deployment["ray_actor_options"] = dict(SMALL_SCORER)
+            # Tiny scorers of 0.1 CPU may share the one test node (the shipped cap is 1 per node).
+            deployment.pop("max_replicas_per_node", None)
             if scorer_user_config:
                 deployment["user_config"] = {**deployment.get("user_config", {}), **scorer_user_config}
     return app

@@ -263,6 +263,21 @@ def test_cpu_overlay_has_no_gpu(rendered):
     assert "reranker-gpu-workers" not in {d["metadata"]["name"] for d in rendered["k8s/overlays/cpu"]}
 
 
+def test_cpu_scorers_scale_out_one_per_worker_node(rendered):
+    """A CPU scorer uses every core of its pod, so a second one goes to another worker pod: at most
+    one per node, the scorer fits a worker's Ray CPUs, and the group has a pod for every replica."""
+    groups = _groups(rendered, "k8s/overlays/cpu")
+    workers = groups["cpu-workers"]
+    [app] = _serve_config(rendered, "k8s/overlays/cpu")["applications"]
+    scorer = {d["name"]: d for d in app["deployments"]}["Scorer"]
+    assert scorer["max_replicas_per_node"] == 1
+    assert scorer["autoscaling_config"]["max_replicas"] <= workers["maxReplicas"]
+    cpu_limit = float(h.ray_container(workers["template"]["spec"])["resources"]["limits"]["cpu"])
+    assert scorer["ray_actor_options"]["num_cpus"] <= cpu_limit
+    # Not on the head (no CPUs there), so a pending scorer can only be placed by adding a worker.
+    assert groups["head"]["rayStartParams"]["num-cpus"] == "0" and scorer["ray_actor_options"]["num_cpus"] > 0
+
+
 @pytest.mark.parametrize("path", KUSTOMIZATIONS)
 def test_autoscaling(rendered, path):
     cluster = _rayservice(rendered, path)["spec"]["rayClusterConfig"]

@@ -1,5 +1,9 @@
-"""Autoscaling is real: under bounded load the Tokenizer and Scorer scale past one replica, and back
-to one after it, as Serve's own status API reports. Runs in its own application with fast delays.
+"""Autoscaling is real, and adds replicas only where they add capacity: under bounded load the
+Tokenizer scales past one replica and back to one after it, as Serve's own status API reports; the
+Scorer's autoscaler asks for a second replica too, but the shipped `max_replicas_per_node: 1` keeps
+it pending on this one node (a CPU scorer already uses every core), so two scorers never run side by
+side. Runs in its own application with fast delays; the scorer reserves only 0.05 CPU, so Serve's
+placement rule, not a lack of CPUs, is what keeps the second one out.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ def autoscale_app(serve_cluster):
         Tokenizer=fast_autoscaling(1),
         Scorer={**fast_autoscaling(2), "ray_actor_options": {"num_cpus": 0.05, "num_gpus": 0}},
     )
+    scorer = next(d for d in app["deployments"] if d["name"] == "Scorer")
+    assert scorer["max_replicas_per_node"] == 1, "serve_config.yaml's per-node cap is what this test checks"
     ingress = next(d for d in app["deployments"] if d["name"] == "Ingress")
     del ingress["autoscaling_config"]
     serve_cluster.add_app(app)
@@ -62,13 +68,25 @@ def running(deployment: str) -> int:
     return app.deployments[deployment].replica_states.get("RUNNING", 0) if app else 0
 
 
+def scorer_actors() -> dict[str, int]:
+    """State -> count of this app's scorer replica actors in Ray's GCS (ALIVE, PENDING_CREATION, ...)."""
+    import ray
+
+    states: dict[str, int] = {}
+    for actor in ray._private.state.state.actor_table(None).values():
+        if actor["ActorClassName"] == f"ServeReplica:{APP}:Scorer" and actor["State"] != "DEAD":
+            states[actor["State"]] = states.get(actor["State"], 0) + 1
+    return states
+
+
 @pytest.mark.timeout(200)
-def test_tokenizer_and_scorer_scale_up_under_load_and_back_down(autoscale_app):
+def test_tokenizer_scales_up_and_back_down_and_a_second_scorer_never_joins_the_node(autoscale_app):
     url = autoscale_app.url + PREFIX
     assert running("Tokenizer") == 1 and running("Scorer") == 1
     stop = threading.Event()
     codes: list[int] = []
     peak = {"Tokenizer": 1, "Scorer": 1}
+    scorer_alive_peak, scorer_pending_peak = 1, 0
 
     def client(seed: int) -> None:
         rng = random.Random(seed)
@@ -81,24 +99,37 @@ def test_tokenizer_and_scorer_scale_up_under_load_and_back_down(autoscale_app):
     with concurrent.futures.ThreadPoolExecutor(max_workers=CLIENTS) as pool:
         workers = [pool.submit(client, seed) for seed in range(CLIENTS)]
         deadline = time.monotonic() + MAX_LOAD_S
+        asked_at = None
         try:
-            while time.monotonic() < deadline and min(peak.values()) < 2:
+            # Until the tokenizer has scaled and the scorer's second replica has waited 3 s in Ray.
+            while time.monotonic() < deadline and (peak["Tokenizer"] < 2 or asked_at is None or time.monotonic() < asked_at + 3):
                 for name in peak:
                     peak[name] = max(peak[name], running(name))
+                states = scorer_actors()
+                scorer_alive_peak = max(scorer_alive_peak, states.get("ALIVE", 0))
+                scorer_pending_peak = max(scorer_pending_peak, states.get("PENDING_CREATION", 0))
+                if asked_at is None and states.get("PENDING_CREATION"):
+                    asked_at = time.monotonic()
                 time.sleep(0.5)
         finally:
             stop.set()
             for worker in workers:
                 worker.result(timeout=90)
 
-    assert peak == {"Tokenizer": 2, "Scorer": 2}, f"peak RUNNING replicas under {MAX_LOAD_S} s of load: {peak}"
+    assert peak == {"Tokenizer": 2, "Scorer": 1}, f"peak RUNNING replicas under {MAX_LOAD_S} s of load: {peak}"
+    # Serve's autoscaler did ask for a second scorer; Ray could not place it beside the first.
+    assert scorer_pending_peak == 1, "the scorer's autoscaler never asked for a second replica under this load"
+    assert scorer_alive_peak == 1, f"{scorer_alive_peak} scorer replicas were alive at once on one node"
     assert codes and set(codes) == {200}, f"non-200 responses while scaling: {sorted(set(codes))}"
 
     deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and (running("Tokenizer"), running("Scorer")) != (1, 1):
+    while time.monotonic() < deadline and (
+        (running("Tokenizer"), running("Scorer")) != (1, 1) or scorer_actors() != {"ALIVE": 1}
+    ):
         time.sleep(1)
     after = {"Tokenizer": running("Tokenizer"), "Scorer": running("Scorer")}
     assert after == {"Tokenizer": 1, "Scorer": 1}, f"replicas 90 s after the load stopped: {after}"
+    assert scorer_actors() == {"ALIVE": 1}, f"the pending scorer replica was not dropped after the load: {scorer_actors()}"
     # Still serving after the downscale.
     response = httpx.post(f"{url}/rerank", json={"query": "capital", "texts": ["paris", "berlin"]}, timeout=30)
     assert response.status_code == 200

@@ -1,0 +1,101 @@
+"""README's Run command, run as written (on a tiny model, with the ports moved): `scripts/serve.py`
+starts a local Ray without the dashboard's processes and Serve's own `serve run` on it; the app
+answers; and Ctrl-C stops every process it started.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import yaml
+from conftest import MULTILINGUAL_TEXTS, QUERY, REPO_ROOT, free_port
+
+pytestmark = [pytest.mark.serving, pytest.mark.slow]
+
+
+def readme_run_command() -> tuple[dict, list[str]]:
+    """The environment and argv of README's (CPU) Run command: the part after `install.sh &&`."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    [line] = [line for line in readme.splitlines() if line.startswith("bash scripts/install.sh && ") and line.endswith(" serve_config.yaml")]
+    words = shlex.split(line.split("&&", 1)[1])
+    env = dict(word.split("=", 1) for word in words if re.fullmatch(r"[A-Z_]+=.*", word))
+    argv = [word for word in words if not re.fullmatch(r"[A-Z_]+=.*", word)]
+    return env, argv
+
+
+def process_tree(pid: int) -> list:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+@pytest.mark.timeout(300)
+def test_readme_run_command_serves_without_the_dashboard_and_stops_on_ctrl_c(tiny_model_dir, tmp_path):
+    import psutil
+
+    env, argv = readme_run_command()
+    assert argv[:2] == [".venv/bin/python", "scripts/serve.py"] and argv[-1] == "serve_config.yaml", argv
+    config = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
+    port = free_port()
+    config["http_options"].update(host="127.0.0.1", port=port)
+    if config.get("grpc_options"):
+        config["grpc_options"]["port"] = free_port()
+    config_path = tmp_path / "serve_config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, *argv[1:-1], str(config_path)]
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, env={**os.environ, **env, "RERANKER_MODEL": str(tiny_model_dir)},
+        stdout=(tmp_path / "run.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    started: list = []
+    try:
+        deadline = time.monotonic() + 180
+        ready = None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5)
+                if ready.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        assert ready is not None and ready.status_code == 200, (tmp_path / "run.log").read_text()[-3000:]
+        answer = httpx.post(f"http://127.0.0.1:{port}/rerank", json={"query": QUERY, "texts": MULTILINGUAL_TEXTS}, timeout=30)
+        assert answer.status_code == 200 and len(answer.json()) == len(MULTILINGUAL_TEXTS)
+
+        started = process_tree(process.pid)
+        commands = []
+        for child in started:
+            try:
+                commands.append(" ".join(child.cmdline()))
+            except psutil.Error:
+                pass
+        replicas = [c for c in commands if c.startswith("ray::ServeReplica:reranker:")]
+        assert len(replicas) == 3, commands
+        # `serve run` alone would also start nine dashboard modules, a forkserver and a resource tracker.
+        assert not [c for c in commands if "ray-dashboard-" in c or "forkserver" in c], commands
+
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=90)
+        gone, alive = psutil.wait_procs(started, timeout=30)
+        assert not alive, [" ".join(p.cmdline()) for p in alive]
+    finally:
+        for leftover in process_tree(process.pid) or started:
+            try:
+                leftover.kill()
+            except psutil.Error:
+                pass
+        if process.poll() is None:
+            process.kill()
