@@ -27,6 +27,17 @@ class BatchSettings(BaseModel):
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
 
 
+class ReplicasPerGpu(BaseModel):
+    """Replicas of each deployment per GPU of the cluster, counted when the app is built (serve_config.gpu.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ingress: int = Field(2, ge=1)
+    tokenizer: int = Field(6, ge=1)
+    # n > 1: n scorers share each GPU (num_gpus 1/n each), each with its own process and GIL.
+    scorer: int = Field(1, ge=1, le=8)
+
+
 class RerankerSettings(BatchSettings):
     """Every setting of the service. Field docs are in README.md ("Configuration")."""
 
@@ -53,6 +64,9 @@ class RerankerSettings(BatchSettings):
     torch_threads: Optional[int] = Field(None, ge=1)
     pad_to_multiple_of: Optional[int] = Field(None, ge=1)
     onnx_cache_dir: Optional[str] = None
+    # Set (the GPU Run command): the builder sizes every deployment to the cluster's GPUs, and the
+    # config's replica counts and the Scorer's ray_actor_options must be left out (they would win).
+    replicas_per_gpu: Optional[ReplicasPerGpu] = None
 
     # Ingress: limits are checked before any tokenization.
     max_documents: int = Field(1000, ge=1)
