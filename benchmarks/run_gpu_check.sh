@@ -1,13 +1,73 @@
 #!/usr/bin/env bash
-# What runs on a lent GPU machine (the device tool): the image's python3 holds torch and
-# transformers; pydantic comes from carried wheels if the image lacks it.
+# The GPU serving benchmark of issue 13 in one run, results under $OUT (default /tmp/gpu-out).
+#
+# On a lent GPU machine (its python3 has torch and transformers, no Ray): build .gpu-carry once on a
+# machine that reaches PyPI (`bash ../shared/tools/gpu-serve/prepare.sh`), carry it with the tree,
+# then, from the repo root:
+#   bash benchmarks/run_gpu_check.sh             # about 5 minutes on one H200
+#   bash benchmarks/run_gpu_check.sh --all       # also the older scorer check (gpu_check.py, gpu tests)
+# On a CPU machine, the same script end to end with the simulated GPU (tests the script itself):
+#   bash benchmarks/run_gpu_check.sh --simulated
+#
+# Steps, each logged to $OUT/<step>.log; one failing step does not stop the next:
+#   machine.txt      nvidia-smi, torch, CPU model and cores
+#   launch_cost      the eager forward's CPU launch cost and (GPU) a + b x padded tokens of GPU time,
+#                    the numbers reranker/backends/simulated.py stands in for
+#   serving          benchmarks/gpu_serving_bench.py on serve_config.gpu.yaml (the README's GPU Run
+#                    command): in-process scorer rate, one scorer through its handle, HTTP pairs/s at
+#                    48 clients with GPU busy (nvidia-smi), per-stage times from /metrics, CPU ms per
+#                    request per process, low-load 1 x 50 p50/p99, 429 fraction at 64 clients
 set -uo pipefail
 out="${OUT:-/tmp/gpu-out}"
 mkdir -p "$out"
-python3 -c "import pydantic" 2>/dev/null || python3 -m pip install -q --no-index --find-links .gpu-wheels pydantic
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" 2>&1
-python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" >> "$out/gpu.txt"
-python3 -W ignore benchmarks/gpu_check.py --out "$out/gpu_results.md" --budget-s "${BUDGET_S:-240}" > "$out/gpu_check.log" 2>&1
-echo "gpu_check exit $?" >> "$out/gpu.txt"
-python3 -m pytest tests/test_parity.py tests/test_model_loading.py -m gpu -q -p no:cacheprovider > "$out/gpu_tests.log" 2>&1
-echo "gpu tests exit $?" >> "$out/gpu.txt"
+mode=gpu
+all=0
+for arg in "$@"; do
+  case "$arg" in
+    --simulated) mode=simulated ;;
+    --all) all=1 ;;
+    *) echo "unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+if [ "$mode" = simulated ]; then
+  py="${PYTHON:-.venv/bin/python}"
+  launch_args=(--device cpu --runs 300)
+  # The same config as on a GPU machine; Ray advertises one GPU that the simulated backend stands in for.
+  serving_args=(--backend simulated-gpu --fake-gpus 1 --clients 16 --http-s 20 --handle-s 15)
+else
+  py=python3
+  if ! python3 -c "import ray" 2>/dev/null; then
+    if [ ! -f .gpu-carry/setup.sh ]; then
+      echo "no Ray here and no .gpu-carry/setup.sh: build it with ../shared/tools/gpu-serve/prepare.sh and carry it" >&2
+      exit 2
+    fi
+    # shellcheck disable=SC1091
+    source .gpu-carry/setup.sh
+  fi
+  launch_args=(--device cuda --runs 300)
+  serving_args=(--backend torch)
+fi
+
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || echo "no nvidia-smi"
+  "$py" -c "import torch, transformers, ray; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__, 'ray', ray.__version__)"
+  grep -m1 "model name" /proc/cpuinfo; echo "cores $(nproc)"
+} > "$out/machine.txt" 2>&1
+
+"$py" -W ignore benchmarks/launch_cost.py "${launch_args[@]}" --json "$out/launch_cost.json" > "$out/launch_cost.log" 2>&1
+echo "launch_cost exit $?" >> "$out/machine.txt"
+
+"$py" -W ignore benchmarks/gpu_serving_bench.py --config serve_config.gpu.yaml "${serving_args[@]}" \
+  --out "$out/serving" > "$out/serving.log" 2>&1
+echo "serving exit $?" >> "$out/machine.txt"
+
+if [ "$all" = 1 ] && [ "$mode" = gpu ]; then
+  python3 -W ignore benchmarks/gpu_check.py --out "$out/gpu_results.md" --budget-s "${BUDGET_S:-240}" > "$out/gpu_check.log" 2>&1
+  echo "gpu_check exit $?" >> "$out/machine.txt"
+  python3 -m pytest tests/gpu -m gpu -q -p no:cacheprovider > "$out/gpu_tests.log" 2>&1
+  echo "gpu tests exit $?" >> "$out/machine.txt"
+fi
+grep -v "INFO\|^\s*$" "$out/serving.log" | tail -20
+cat "$out/machine.txt"

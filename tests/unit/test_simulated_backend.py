@@ -1,6 +1,6 @@
 """The simulated-GPU backend: the Backend contract, deterministic scores, the device's timeline.
 
-Pure unit tests (no Ray). The serving path with this backend is tested in tests/test_gpu_config.py.
+Pure unit tests (no Ray). The serving path with this backend is tested in tests/serving/test_gpu_config.py.
 """
 
 from __future__ import annotations
@@ -125,3 +125,25 @@ def test_model_scorer_batches_like_a_gpu_and_scores_do_not_depend_on_batching(ti
     np.testing.assert_array_equal(together.normalized, one_at_a_time.normalized)
     assert len(one_at_a_time.batches) == len(passages) > len(together.batches)
     assert np.all((together.normalized > 0) & (together.normalized < 1))
+
+
+def test_processes_on_one_gpu_share_its_timeline(tmp_path, monkeypatch):
+    """Two scorers that Ray gives the same GPU (fractional num_gpus) get one device's time between them."""
+    from reranker.backends.simulated import shared_device_path
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert shared_device_path().startswith("/dev/shm/reranker-simulated-gpu-3-")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert shared_device_path() is None
+
+    batch = padded([[101, 5, 102]], 3)
+    shared = str(tmp_path / "gpu0")
+    first = SimulatedGpuBackend(gpu_fixed_s=0.05, gpu_s_per_token=0.0, device_path=shared, **FAST)
+    second = SimulatedGpuBackend(gpu_fixed_s=0.05, gpu_s_per_token=0.0, device_path=shared, **FAST)
+    alone = SimulatedGpuBackend(gpu_fixed_s=0.05, gpu_s_per_token=0.0, device_path=str(tmp_path / "gpu1"), **FAST)
+    a = first.launch(*batch)
+    b = second.launch(*batch)
+    c = alone.launch(*batch)
+    assert b.done_at >= a.done_at + 0.05  # queued behind the other process's batch
+    assert c.done_at < b.done_at  # another GPU runs at once
+    second.fetch([b])
