@@ -191,7 +191,9 @@ def main(argv=None) -> int:
     parser.add_argument("--speed-onnx-cache-dir", help="ONNX cache of --speed-model to reuse (default: a temp dir)")
     args = parser.parse_args(argv)
 
+    import onnxruntime
     import torch
+    from machine import describe
     from scipy.stats import spearmanr
 
     from reranker.scoring import ModelScorer
@@ -239,7 +241,8 @@ def main(argv=None) -> int:
             )
 
     tokens = [e.lengths.mean() for e in encoded]
-    print(f"\nMiniLM-L6 (real weights, random 2-label head), {len(QUERIES)} queries x {args.passages} passages, "
+    print(f"\n{describe()}; onnxruntime {onnxruntime.__version__}")
+    print(f"MiniLM-L6 (real weights, random 2-label head), {len(QUERIES)} queries x {args.passages} passages, "
           f"{np.mean(tokens):.0f} tokens/pair on average")
     print(f"{'comparison':24s} {'Spearman mean':>13s} {'min':>7s} {'top-10 overlap mean':>20s} {'min':>5s} {'max|d| raw':>11s}")
     comparisons = [("torch", "onnx"), ("onnx", "onnx-int8"), ("torch", "onnx-int8")]

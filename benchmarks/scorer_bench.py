@@ -350,7 +350,10 @@ def report(results: dict, workloads: dict, tokens: dict, peak: float) -> list:
 
 
 def print_table(rows: list, peak: float) -> None:
-    print(f"\nfp32 GEMM peak: {peak / 1e9:.1f} GFLOP/s on {os.cpu_count()} threads")
+    from machine import describe
+
+    print(f"\n{describe()}")
+    print(f"fp32 GEMM peak: {peak / 1e9:.1f} GFLOP/s on {os.cpu_count()} threads")
     header = f"{'workload':8s} {'method':36s} {'pairs/s':>8s} {'pairs/CPU-s':>11s} {'GFLOP/s':>8s} {'%peak':>6s} {'x loop':>7s} {'max|d|':>9s} {'load':>5s}"
     print(header)
     print("-" * len(header))
@@ -425,7 +428,9 @@ def main(argv=None) -> int:
     print(f"\nbest of {reps} timed pass(es) each; total {time.perf_counter() - started:.0f} s; "
           f"load average now {os.getloadavg()[0]:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(peak_flops=peak, threads=threads, reps=reps, rows=rows,
+        from machine import cpu_info
+
+        Path(args.json).write_text(json.dumps(dict(cpu=cpu_info(), peak_flops=peak, threads=threads, reps=reps, rows=rows,
                                                    tokens={k: v.tolist() for k, v in tokens.items()}), indent=1))
     return 0
 
