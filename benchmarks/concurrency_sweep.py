@@ -36,12 +36,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO_ROOT))
+from bench_env import BENCH_DIR as HERE
+from bench_env import REPO_ROOT
 
-from load import client_session, free_port, percentile  # noqa: E402
+from load import client_session, free_port, percentile
 
 PASSAGES = 50
 MIN_PAIR_TOKENS, MAX_PAIR_TOKENS = 80, 219

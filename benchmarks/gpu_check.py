@@ -31,17 +31,12 @@ import time
 import traceback
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-for path in (BENCH_DIR.parent, BENCH_DIR):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizes in this process
 
-from scorer_bench import (  # noqa: E402
+import numpy as np
+
+from scorer_bench import (
     MBERT, TINY, card_loop, flops_per_pair, gemm_peak_flops, make_workloads, save_random_mbert, token_counts,
 )
 

@@ -42,18 +42,12 @@ import threading
 import time
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
-for path in (REPO_ROOT, BENCH_DIR):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from bench_env import REPO_ROOT
 
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
+import numpy as np
+import yaml
 
-from scorer_bench import make_workloads, save_random_mbert  # noqa: E402
+from scorer_bench import make_workloads, save_random_mbert
 
 DEPLOYMENTS = ("Ingress", "Tokenizer", "Scorer")
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")

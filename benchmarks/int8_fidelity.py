@@ -30,19 +30,15 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import bench_env  # noqa: F401
 
-import numpy as np  # noqa: E402
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizes in this process
+
+import numpy as np
 
 SENTENCES = {
     "en": [

@@ -39,8 +39,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import httpx
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-HERE = Path(__file__).resolve().parent
+from bench_env import BENCH_DIR as HERE
+from bench_env import REPO_ROOT
 DEPLOYMENTS = ("Ingress", "Tokenizer", "Scorer")
 
 # Multilingual workload: queries and sentences across scripts; passages are 1-4 sentences (~20-120 tokens).
@@ -88,7 +88,6 @@ def request_bodies(rng: random.Random, min_docs: int, max_docs: int, count: int 
 
 def expected_scores(model: str, bodies: list[bytes]) -> list:
     """Each body's raw scores, computed in this process the way the service computes them."""
-    sys.path.insert(0, str(REPO_ROOT))
     from reranker.scoring import ModelScorer
     from reranker.settings import RerankerSettings
     from reranker.tokenization import PairEncoder
@@ -159,9 +158,6 @@ def start_local_service(model: str | None, upscale_delay_s: float, downscale_del
     """Starts a local Ray and deploys serve_config.yaml; returns (url, model dir)."""
     import yaml
 
-    sys.path.insert(0, str(REPO_ROOT))
-    sys.path.insert(0, str(REPO_ROOT / "tests"))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if model is None:
         from tiny_models import save_tiny_model
 

@@ -21,16 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
-for path in (REPO_ROOT, BENCH_DIR):
-    sys.path.insert(0, str(path))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from bench_env import REPO_ROOT
 
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
+import numpy as np
+import yaml
 
-from scorer_bench import make_workloads, project_scorer, save_random_mbert  # noqa: E402
+from scorer_bench import make_workloads, project_scorer, save_random_mbert
 
 
 def free_port() -> int:

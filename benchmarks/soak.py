@@ -23,7 +23,7 @@ import sys
 import threading
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_env  # noqa: F401
 import load
 
 
