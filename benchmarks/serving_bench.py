@@ -144,6 +144,12 @@ def main(argv=None) -> int:
 
             serve.shutdown()
             ray.shutdown()
+    from machine import describe
+
+    print(f"\n{describe()}")
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.2f}; "
+          f"--size {args.size} --workload {args.workload}")
+    print(f"in-process scorer: {baseline:.2f} pairs/s")
     print(f"HTTP through Ray app: {served['pairs_per_s']:.2f} pairs/s at concurrency {args.concurrency}, "
           f"statuses {served['statuses']}")
     print(f"ratio (HTTP / in-process): {served['pairs_per_s'] / baseline:.2f}   (target >= 0.8)")
