@@ -53,6 +53,9 @@ def test_export_cache_is_reused(tiny_model_dir, tmp_path):
     _scores(tiny_model_dir, "onnx", tmp_path)
     assert path.stat().st_mtime_ns == first
     assert not list(path.parent.glob("*.tmp.onnx"))
+    # The weights live in one external data file beside the graph (ORT maps it, not copies it).
+    data = list(path.parent.glob("*.data"))
+    assert len(data) == 1 and data[0].stat().st_size > path.stat().st_size
 
 
 def test_int8_loads_and_scores(tiny_model_dir, onnx_cache):
