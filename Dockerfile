@@ -27,9 +27,12 @@ USER 1000:100
 # RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S: Serve's router gives a replica 0.1 s to report its
 # queue length, then backs off from it. Under a spike a busy ingress misses that often enough that
 # accepted requests wait seconds in the proxy while the ingress idles (benchmarks/LOAD_REPORT.md).
+# RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH: a request whose ingress replica is lost mid-flight (a
+# pod gone) gets 503 with Retry-After instead of the proxy's bare 500 (reranker/proxy.py).
 ENV HF_HOME=/home/ray/hf-cache \
     HF_HUB_DISABLE_TELEMETRY=1 \
     RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S=0.5 \
+    RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=reranker.proxy:proxy_middlewares \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1
