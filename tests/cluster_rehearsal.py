@@ -20,8 +20,9 @@ What differs from a real cluster, and why (REHEARSAL_CHANGES lists every change 
 - The "GPU" is only a resource: scorers run on CPU (RERANKER_DEVICE=cpu) with a GPU scorer's
   backend, torch, in fp32, on a tiny random model (tests/tiny_models.py) given as RERANKER_MODEL.
 - The RAY_* environment variables of the pods' Ray containers (such as the head's GCS health-check
-  settings) are set for the whole rehearsal cluster, beside the image's
-  RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S.
+  settings) are set for the whole rehearsal cluster, beside the image's (the Dockerfile's ENV:
+  RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S, and the proxy middleware that answers a request whose
+  ingress replica was lost with 503 and Retry-After).
 - Serve's autoscaling keeps the manifests' delays; the autoscaler's idle timeout (KubeRay
   `idleTimeoutSeconds`, 120 s) is 15 s so idle fake pods go within a run, and metrics reach each
   node's agent every second instead of every 10.
@@ -156,6 +157,19 @@ def ray_env(rayservice: dict) -> dict[str, str]:
     return merged
 
 
+def image_ray_env(repo_root: Path = REPO_ROOT) -> dict[str, str]:
+    """The RAY_* variables the image sets (the Dockerfile's ENV instructions): every fake pod gets them."""
+    import re
+
+    text = (repo_root / "Dockerfile").read_text().replace("\\\n", " ")
+    out = {}
+    for line in re.findall(r"^ENV\s+(.*)$", text, re.M):
+        for key, value in re.findall(r"(\w+)=(\S+)", line):
+            if key.startswith("RAY_"):
+                out[key] = value
+    return out
+
+
 def serve_config_v2(rayservice: dict) -> dict:
     import yaml
 
@@ -182,19 +196,41 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def temp_dir_prefix(marker: str) -> str:
+    """The start of the cluster's temp dir (Ray's sessions and logs); short, for Ray's socket paths."""
+    return f"/tmp/rr-{marker[:8]}-"
+
+
+def holds_file_under(pid: str, prefix: str) -> bool:
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(prefix):
+                    return True
+            except OSError:
+                continue
+    except OSError:
+        return False
+    return False
+
+
 def marked_pids(marker: str) -> list[int]:
-    """PIDs of this user's processes whose environment carries MARKER_ENV=marker."""
+    """PIDs of the cluster's processes: those whose environment carries MARKER_ENV=marker, and those
+    with a file open in the cluster's temp dir. Ray's agents set a process title that can overwrite
+    their environment block (the marker with it); they always hold their log files open."""
     needle = f"{MARKER_ENV}={marker}".encode()
+    prefix = temp_dir_prefix(marker)
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
             with open(f"/proc/{entry}/environ", "rb") as handle:
-                if needle in handle.read().split(b"\0"):
-                    pids.append(int(entry))
+                marked = needle in handle.read().split(b"\0")
         except OSError:
             continue
+        if marked or holds_file_under(entry, prefix):
+            pids.append(int(entry))
     return pids
 
 
@@ -285,7 +321,7 @@ def _autoscaling_cluster_class():
             self._base_config = base_config
             self._env = env
             self.marker = env[MARKER_ENV]
-            self.temp_dir = tempfile.mkdtemp(prefix="rr-", dir="/tmp")  # short: Ray's socket paths
+            self.temp_dir = tempfile.mkdtemp(prefix=Path(temp_dir_prefix(self.marker)).name, dir="/tmp")
             self.gcs_port = free_port()
             self.dashboard_port = free_port()
             self.head_metrics_port = free_port()
@@ -393,14 +429,15 @@ class Rehearsal:
         self.serve_config = rehearsal_serve_config(self.rayservice, self.head_port)
         self.marker = marker or uuid.uuid4().hex
         self.pod_ray_env = ray_env(self.rayservice)
+        self.image_ray_env = image_ray_env(repo_root)
         self.onnx_cache = tempfile.mkdtemp(prefix="rr-onnx-")
         self.model_dir = Path(model_dir)
         self.env = {
+            **self.image_ray_env,
             **self.pod_ray_env,
             MARKER_ENV: self.marker,
             "RAY_AUTH_MODE": "disabled",
             "RAY_metrics_report_interval_ms": "1000",
-            "RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S": "0.5",  # as the image (Dockerfile) sets it
             "RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(self.worker_port),
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
@@ -672,20 +709,30 @@ def oracle_scores(model_dir: Path, bodies: list[dict]) -> list[list[float]]:
     return out
 
 
-def is_correct(answer, expected: list[float]) -> bool:
-    """Every passage once, sorted by score, each raw score the oracle's within 1e-3 (relative above
-    1: fp32 kernels and paddings differ, and a wider random model has logits up to about 20)."""
+def answer_problem(answer, expected: list[float]) -> str:
+    """What is wrong with an answer ('' when nothing): every passage once, sorted by score, each raw
+    score the oracle's within 1e-3 (relative above 1: fp32 kernels and paddings differ, and a wider
+    random model has logits up to about 20)."""
     try:
         indices = [item["index"] for item in answer]
         scores = [item["score"] for item in answer]
     except (TypeError, KeyError):
-        return False
-    return (
-        sorted(indices) == list(range(len(expected)))
-        and scores == sorted(scores, reverse=True)
-        and all(abs(item["score"] - expected[item["index"]]) <= 1e-3 * max(1.0, abs(expected[item["index"]]))
-                for item in answer)
-    )
+        return "not a list of {index, score}"
+    if sorted(indices) != list(range(len(expected))):
+        return f"indices {indices} for {len(expected)} passages"
+    if scores != sorted(scores, reverse=True):
+        return "not sorted by score"
+    if not answer:
+        return ""
+    worst = max(answer, key=lambda item: abs(item["score"] - expected[item["index"]]) / max(1.0, abs(expected[item["index"]])))
+    want = expected[worst["index"]]
+    if abs(worst["score"] - want) > 1e-3 * max(1.0, abs(want)):
+        return f"passage {worst['index']}: score {worst['score']:.5f}, oracle {want:.5f}"
+    return ""
+
+
+def is_correct(answer, expected: list[float]) -> bool:
+    return not answer_problem(answer, expected)
 
 
 @dataclass
@@ -698,6 +745,7 @@ class Sample:
     pairs: int
     error: str = ""
     phase: str = ""
+    body: int = -1  # index into the Load's bodies
 
 
 @dataclass
@@ -744,11 +792,12 @@ class Load:
                                          headers={"content-type": "application/json", "connection": "close"})
             status, retry_after = response.status_code, response.headers.get("retry-after")
             if status == 200:
-                correct = is_correct(response.json(), self.expected[which])
+                error = answer_problem(response.json(), self.expected[which])
+                correct = not error
         except httpx.HTTPError as exc:
             error = type(exc).__name__
         self.recorder.samples.append(Sample(sent, time.perf_counter() - started, status, retry_after, correct,
-                                            len(self.bodies[which]["texts"]), error, self.phase))
+                                            len(self.bodies[which]["texts"]), error, self.phase, which))
 
     async def _run(self) -> None:
         import httpx
@@ -781,6 +830,7 @@ class Sampler:
 
     def __init__(self, rehearsal: Rehearsal, recorder: Recorder, interval_s: float = 1.0):
         self.rehearsal, self.recorder, self.interval_s = rehearsal, recorder, interval_s
+        self.load: Optional[Load] = None  # set to record its clients too
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -791,6 +841,7 @@ class Sampler:
                     "t": round(self.recorder.now(), 2),
                     "replicas": self.rehearsal.running_replicas(),
                     "nodes": self.rehearsal.alive_by_group(),
+                    "clients": self.load.concurrency if self.load is not None else 0,
                 })
             except Exception as exc:  # noqa: BLE001 - one missed sample must not stop the run
                 self.recorder.event(f"sampler: {type(exc).__name__}: {exc}")
@@ -887,25 +938,33 @@ def machine() -> dict:
 # ----- metrics: what the PodMonitor scrapes -----------------------------------------------------
 
 
-def scrape_nodes(rehearsal: Rehearsal) -> dict[str, tuple[str, str]]:
-    """node_id -> (group, exposition text) of every alive node's metrics agent (the pods' port 8080)."""
+def scrape_nodes(rehearsal: Rehearsal, failed: Optional[list] = None) -> dict[str, tuple[str, str]]:
+    """node_id -> (group, exposition text) of every alive node's metrics agent (the pods' port 8080).
+
+    With `failed` (a list), a node that does not answer (dying, as a pod being lost) is skipped and
+    its id appended there, as Prometheus marks one target down and scrapes the others."""
     import httpx
 
     out = {}
     for node_id, (group, port) in rehearsal.metrics_ports().items():
-        out[node_id] = (group, httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+        try:
+            out[node_id] = (group, httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+        except httpx.HTTPError:
+            if failed is None:
+                raise
+            failed.append(node_id)
     return out
 
 
-def metric_total(text: str, name: str, **labels) -> float:
+def metric_samples(text: str, name: str, **labels) -> list[tuple[dict, float]]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
+    return [(sample.labels, sample.value) for family in text_string_to_metric_families(text) for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())]
+
+
+def metric_total(text: str, name: str, **labels) -> float:
+    return sum(value for _, value in metric_samples(text, name, **labels))
 
 
 REQUESTS_200 = ("ray_reranker_requests_total", {"route": "/rerank", "status_code": "200"})
@@ -975,20 +1034,46 @@ def metrics_check(rehearsal: Rehearsal, recorder: Recorder, bodies: list[dict], 
 
 class PromScraper:
     """Scrapes every alive node's metrics agent every interval_s, as Prometheus does with the
-    PodMonitor (15 s), and keeps each node's last values: a node that goes away keeps what was
-    scraped last, and loses what it counted after that."""
+    PodMonitor (15 s), and adds up each series (node and labels; Serve labels every replica) as
+    `increase()` does: a decrease is a counter reset, and a series that goes away (its replica or
+    node) keeps what was scraped last and loses what it counted after that."""
 
     def __init__(self, rehearsal: Rehearsal, recorder: Recorder, interval_s: float = 15.0):
         self.rehearsal, self.recorder, self.interval_s = rehearsal, recorder, interval_s
-        self.last: dict[str, dict] = {}  # node_id -> {group, requests, pairs, t}
+        self.series: dict[tuple, dict] = {}  # (node_id, metric, labels) -> {group, last, total, t}
         self.scrapes = 0
+        self.resets = 0
+        self.failed_targets = 0  # node scrapes that got no answer
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def scrape(self) -> None:
-        for node_id, values in counts(scrape_nodes(self.rehearsal)).items():
-            self.last[node_id] = {**values, "t": round(self.recorder.now(), 1)}
+        now = round(self.recorder.now(), 1)
+        failed: list[str] = []
+        for node_id, (group, text) in scrape_nodes(self.rehearsal, failed).items():
+            for metric, labels in (REQUESTS_200, PAIRS):
+                for sample_labels, value in metric_samples(text, metric, **labels):
+                    key = (node_id, metric, tuple(sorted(sample_labels.items())))
+                    seen = self.series.get(key)
+                    if seen is None:
+                        self.series[key] = {"group": group, "last": value, "total": value, "t": now}
+                        continue
+                    if value < seen["last"]:
+                        self.resets += 1
+                    seen["total"] += value - seen["last"] if value >= seen["last"] else value
+                    seen.update(last=value, t=now)
         self.scrapes += 1
+        self.failed_targets += len(failed)
+
+    @property
+    def last(self) -> dict[str, dict]:
+        """node_id -> {group, requests, pairs, t}: the increases summed per node."""
+        out: dict[str, dict] = {}
+        for (node_id, metric, _), seen in self.series.items():
+            row = out.setdefault(node_id, {"group": seen["group"], "requests": 0.0, "pairs": 0.0, "t": 0.0})
+            row["requests" if metric == REQUESTS_200[0] else "pairs"] += seen["total"]
+            row["t"] = max(row["t"], seen["t"])
+        return out
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -1007,8 +1092,10 @@ class PromScraper:
         self._thread.join(timeout=30)
 
     def totals(self) -> dict[str, float]:
-        return {"requests": sum(v["requests"] for v in self.last.values()),
-                "pairs": sum(v["pairs"] for v in self.last.values()), "nodes": len(self.last)}
+        per_node = self.last
+        return {"requests": sum(v["requests"] for v in per_node.values()),
+                "pairs": sum(v["pairs"] for v in per_node.values()), "nodes": len(per_node),
+                "series": len(self.series), "resets": self.resets, "failed_targets": self.failed_targets}
 
 
 # ----- a config rolled out on the running cluster -------------------------------------------------

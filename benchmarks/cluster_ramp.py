@@ -1,0 +1,453 @@
+"""Cluster rehearsal under a load ramp: the k8s/ worker groups on Ray's own autoscaler, nodes
+added, lost and removed (issue 16). Writes benchmarks/CLUSTER_REPORT.md and cluster_report.png.
+
+The cluster is tests/cluster_rehearsal.py's: the worker groups and serveConfigV2 of the RayService
+that `kubectl kustomize k8s/overlays/gpu` renders, on Ray's fake multi-node provider (see that
+file for what it changes and why). In order:
+
+1. start: the head, the groups' minimum workers, serveConfigV2 submitted as KubeRay submits it;
+2. placement from Ray's state API;
+3. /metrics: a fixed number of requests, then every node's metrics agent scraped (as the
+   PodMonitor scrapes every pod) and summed, against the client's count;
+4. the ramp: closed-loop clients 2 -> 4 -> 8 -> 16 -> 32, held until Serve runs the Scorer's
+   max_replicas and the autoscaler the gpu-workers' maxReplicas (or a time limit), then back down
+   to none, until replicas and nodes are back at their minimum;
+5. a gpu-workers node holding a scorer killed under load, then a cpu-workers node holding an
+   ingress (or tokenizer); the autoscaler replaces each;
+6. a rolling update of serveConfigV2 (a new Scorer user_config and max_replicas) under load.
+
+Every answer is checked against the tiny model scored in this process with transformers.
+
+    python benchmarks/cluster_ramp.py            # about 10 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_env import BENCH_DIR as HERE
+from bench_env import REPO_ROOT
+
+import cluster_rehearsal as cr
+
+RAMP = [(2, 15), (4, 15), (8, 15), (16, 15), (32, 15)]  # (clients, seconds)
+DOWN = [(8, 15), (2, 15)]
+
+
+def ramp(rehearsal: cr.Rehearsal, recorder: cr.Recorder, load: cr.Load, args) -> dict:
+    """The load ramp; returns when replicas and nodes are back at their minimum (or time is up)."""
+    scorer = cr.deployment_of(rehearsal.current_config, "Scorer")["autoscaling_config"]
+    gpu_max = rehearsal.worker_types[cr.GPU_GROUP]["max_workers"]
+    out = {"scorer_max_replicas": scorer["max_replicas"], "gpu_max_workers": gpu_max}
+    start = recorder.now()
+    for clients, seconds in RAMP:
+        load.concurrency, load.phase = clients, f"ramp {clients}"
+        recorder.event(f"{clients} clients")
+        time.sleep(seconds)
+    load.phase = f"hold {RAMP[-1][0]}"
+
+    def at_max():
+        return rehearsal.running_replicas().get("Scorer", 0) >= scorer["max_replicas"] and \
+            rehearsal.alive_by_group().get(cr.GPU_GROUP, 0) >= gpu_max
+
+    try:
+        rehearsal.wait_for(at_max, args.hold_s, "the Scorer at max_replicas on gpu-workers maxReplicas nodes")
+        out["reached_max_at_s"] = round(recorder.now(), 1)
+        recorder.event("Scorer at max_replicas, gpu-workers at maxReplicas")
+    except TimeoutError as exc:
+        out["reached_max_at_s"] = None
+        recorder.event(f"max not reached: {exc}")
+    time.sleep(15)  # the replicas at the top take traffic
+    for clients, seconds in DOWN:
+        load.concurrency, load.phase = clients, f"down {clients}"
+        recorder.event(f"{clients} clients")
+        time.sleep(seconds)
+    load.concurrency, load.phase = 0, "idle"
+    recorder.event("no load")
+    minimum = {g: spec["min_workers"] for g, spec in rehearsal.worker_types.items()}
+    mins = {d["name"]: d["autoscaling_config"]["min_replicas"] for d in rehearsal.current_config["applications"][0]["deployments"]}
+
+    def at_min():
+        nodes, replicas = rehearsal.alive_by_group(), rehearsal.running_replicas()
+        return all(nodes.get(g, 0) <= n for g, n in minimum.items()) and all(replicas.get(d, 0) <= n for d, n in mins.items())
+
+    try:
+        rehearsal.wait_for(at_min, args.cooldown_s, "replicas and nodes back at their minimum")
+        out["back_to_min_at_s"] = round(recorder.now(), 1)
+        recorder.event("replicas and nodes back at their minimum")
+    except TimeoutError as exc:
+        out["back_to_min_at_s"] = None
+        recorder.event(f"not back at the minimum: {exc}")
+    out["window"] = (start, recorder.now())
+    return out
+
+
+def source_commit(args) -> str:
+    """The commit whose k8s/ was rendered, and whether k8s/ differs from it."""
+    if args.commit:
+        return args.commit
+    import subprocess
+
+    try:
+        sha = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "k8s"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + (" with uncommitted changes in k8s/" if dirty else "")
+
+
+def run(args) -> dict:
+    from tiny_models import save_tiny_model
+
+    # Wider and deeper than the tests' tiny model, so scoring (not tokenizing) is what the load waits
+    # on and the Scorer's ongoing requests drive its autoscaling, as on a GPU cluster under load.
+    model = args.model or save_tiny_model(Path(tempfile.mkdtemp(prefix="rr-model-")), num_labels=2,
+                                          hidden_size=args.hidden_size, num_hidden_layers=args.layers)
+    recorder = cr.Recorder()
+    rehearsal = cr.Rehearsal(model, max_workers=args.max_workers, log=print)
+    bodies = cr.request_bodies(args.seed, 64, args.min_docs, args.max_docs)
+    expected = cr.oracle_scores(model, bodies)
+    import machine as bench_machine
+
+    result = {"machine": cr.machine(), "cpu": bench_machine.describe(), "python": platform.python_version(),
+              "command": " ".join(["python", *sys.argv]), "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+              "loadavg_before": os.getloadavg(), "model": str(model), "commit": source_commit(args),
+              "node_types": {"head": rehearsal.head_resources, **rehearsal.worker_types},
+              "kuberay_node_types": rehearsal.kuberay_config["available_node_types"],
+              "kuberay_idle_timeout_s": rehearsal.kuberay_config["idle_timeout_minutes"] * 60,
+              "rendered_serve_config": cr.serve_config_v2(rehearsal.rayservice),
+              "rehearsal_serve_config": rehearsal.serve_config, "changes": cr.REHEARSAL_CHANGES,
+              "pod_ray_env": rehearsal.pod_ray_env, "image_ray_env": rehearsal.image_ray_env, "max_workers_cap": args.max_workers, "model_shape": {"hidden_size": args.hidden_size, "layers": args.layers}}
+    load = sampler = prom = None
+    try:
+        result["timings"] = cr.start_and_deploy(rehearsal, recorder)
+        sampler = cr.Sampler(rehearsal, recorder, interval_s=1.0).start()
+        prom = cr.PromScraper(rehearsal, recorder, interval_s=15).start()
+        result["placement"] = rehearsal.placement()
+        result["placement_problems"] = cr.placement_problems(result["placement"])
+        print("placement", result["placement"], result["placement_problems"], flush=True)
+        result["metrics"] = cr.metrics_check(rehearsal, recorder, bodies, expected)
+        print("metrics", json.dumps(result["metrics"], default=str), flush=True)
+
+        load = cr.Load(rehearsal.url, recorder, bodies, expected)
+        sampler.load = load
+        load.start(0)
+        result["ramp"] = ramp(rehearsal, recorder, load, args)
+        result["placement_at_peak"] = None
+
+        losses = []
+        for deployment, group in (("Scorer", cr.GPU_GROUP), ("Ingress", cr.CPU_GROUP)):
+            load.concurrency, load.phase = args.fault_clients, f"loss {group}"
+            time.sleep(8)
+            try:
+                loss = cr.lose_node(rehearsal, recorder, deployment, group, settle_s=5, recover_timeout_s=180)
+            except Exception as exc:  # noqa: BLE001 - reported, and the run goes on
+                loss = {"group": group, "error": f"{type(exc).__name__}: {exc}"}
+            losses.append(loss)
+            print("loss", json.dumps(loss, default=str), flush=True)
+        result["losses"] = losses
+        result["placement_after_losses"] = rehearsal.placement()
+        result["placement_problems_after_losses"] = cr.placement_problems(result["placement_after_losses"])
+
+        load.concurrency, load.phase = args.fault_clients, "rolling update"
+        time.sleep(5)
+        update = cr.roll_out(rehearsal, recorder, {"batch_wait_timeout_s": 0.01, "max_batch_size": 16}, 3)
+        result["rolling_update"] = update
+        print("update", json.dumps(update, default=str), flush=True)
+        load.concurrency, load.phase = 0, "end"
+        time.sleep(2)
+        # The same exact check once nodes have been added, lost, replaced and removed.
+        result["metrics_end"] = cr.metrics_check(rehearsal, recorder, bodies, expected)
+        print("metrics at the end", json.dumps(result["metrics_end"], default=str), flush=True)
+    except BaseException as exc:  # noqa: BLE001 - a timeout (SIGTERM) or a failure still gets its report
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        print("run stopped:", result["error"], flush=True)
+    finally:
+        if load is not None:
+            load.stop()
+        if sampler is not None:
+            sampler.stop()
+        if prom is not None:
+            prom.stop()
+            try:
+                time.sleep(3)
+                prom.scrape()  # a last scrape of the nodes still there
+            except Exception as exc:  # noqa: BLE001
+                recorder.event(f"last scrape failed: {exc}")
+            ok = [s for s in recorder.samples if s.status == 200]
+            result["prometheus"] = {"totals": prom.totals(), "scrapes": prom.scrapes, "per_node": prom.last,
+                                    "client": {"requests": len(ok), "pairs": sum(s.pairs for s in ok)}}
+        result["events"] = recorder.events
+        rehearsal.stop()
+        result["processes_left"] = len(cr.marked_pids(rehearsal.marker))
+        result["total_s"] = round(recorder.now(), 1)
+    # Classified once the load has stopped: a request sent in a window may finish long after it.
+    for part in result.get("losses", []) + [result.get("rolling_update") or {}]:
+        if "window" in part:
+            part["outcomes"] = cr.classify(recorder.samples, part["window"])
+    result["outcomes_all"] = cr.classify(recorder.samples)
+    result["ended_utc"], result["loadavg_after"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), os.getloadavg()
+    result["recorder"] = recorder
+    return result
+
+
+# ----- report ------------------------------------------------------------------------------------
+
+
+def windows(recorder: cr.Recorder, width_s: float = 5.0) -> list[dict]:
+    """Per window of completion time: 200s/s, 429+503/s, other/s, p50 and p99 of 200s."""
+    end = max((s.sent_at + s.latency_s for s in recorder.samples), default=0)
+    rows, t = [], 0.0
+    while t < end:
+        inside = [s for s in recorder.samples if t <= s.sent_at + s.latency_s < t + width_s]
+        ok = [s.latency_s for s in inside if s.status == 200]
+        rejected = sum(1 for s in inside if s.status in (429, 503))
+        rows.append({"t": t + width_s / 2, "ok": len(ok) / width_s, "rejected": rejected / width_s,
+                     "other": (len(inside) - len(ok) - rejected) / width_s,
+                     "p50": cr.percentile(ok, 50) * 1000, "p99": cr.percentile(ok, 99) * 1000})
+        t += width_s
+    return rows
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recorder = result["recorder"]
+    rows = windows(recorder)
+    t = [r["t"] for r in rows]
+    fig, axes = plt.subplots(4, 1, figsize=(11, 12), sharex=True)
+    axes[0].plot(t, [r["ok"] for r in rows], label="200 /s", color="tab:green")
+    axes[0].plot(t, [r["rejected"] for r in rows], label="429/503 /s", color="tab:orange")
+    axes[0].plot(t, [r["other"] for r in rows], label="other or no answer /s", color="tab:red")
+    axes[0].set_ylabel("requests/s")
+    clients = axes[0].twinx()
+    clients.step([s["t"] for s in recorder.timeline], [s.get("clients", 0) for s in recorder.timeline], where="post",
+                 color="gray", alpha=0.5, label="clients")
+    clients.set_ylabel("closed-loop clients", color="gray")
+    axes[1].plot(t, [r["p50"] for r in rows], label="p50")
+    axes[1].plot(t, [r["p99"] for r in rows], label="p99")
+    axes[1].set_ylabel("latency of 200s (ms)")
+    axes[1].set_yscale("log")
+    timeline = recorder.timeline
+    ts = [s["t"] for s in timeline]
+    # Equal counts would hide each other: each line is nudged a little (the legend says how much).
+    for name, nudge in zip(cr.DEPLOYMENTS, (0.08, 0.0, -0.08)):
+        axes[2].step(ts, [s["replicas"].get(name, 0) + nudge for s in timeline], where="post", label=f"{name} ({nudge:+.2f})")
+    axes[2].set_ylabel("RUNNING replicas")
+    for group, nudge in ((cr.CPU_GROUP, 0.05), (cr.GPU_GROUP, -0.05)):
+        axes[3].step(ts, [s["nodes"].get(group, 0) + nudge for s in timeline], where="post", label=f"{group} ({nudge:+.2f})")
+    axes[3].set_ylabel("alive nodes")
+    axes[3].set_xlabel("seconds since start")
+    for ax in axes:
+        for when, text in recorder.events:
+            if text.startswith(("killed", "rolled out")):
+                ax.axvline(when, color="red" if text.startswith("killed") else "purple", alpha=0.5, linestyle="--")
+        ax.legend(loc="upper left", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].set_title("k8s/ design rehearsed: load ramp, nodes killed (red), rolling update (purple)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def outcome_line(o: dict) -> str:
+    return (f"{o['sent']} sent: **{o['ok_correct']} correct 200**, {o['ok_wrong']} wrong 200, "
+            f"{o['rejected_with_retry_after']} 429/503 with Retry-After (over {o['rejection_span_s']} s), "
+            f"{o['rejected_without_retry_after']} without, {o['server_error']} other 5xx, {o['other_status']} other status, "
+            f"{o['no_response']} without an answer {o['no_response_errors'] or ''}; p50 {o['p50_ms']} ms, "
+            f"p99 {o['p99_ms']} ms, slowest {o['max_latency_s']} s")
+
+
+def fmt_load(loadavg) -> str:
+    return " / ".join(f"{x:.2f}" for x in loadavg)
+
+
+def report(result: dict, path: Path, png: Path) -> None:
+    m = result["machine"]
+    lines = ["# Cluster rehearsal report", ""]
+    if result.get("error"):
+        lines += [f"**The run stopped early ({result['error']}); what it measured until then is below.**", ""]
+    lines += [
+        "Generated by `benchmarks/cluster_ramp.py`: the worker groups and serveConfigV2 of the RayService that "
+        "`kubectl kustomize k8s/overlays/gpu` renders, on Ray's own autoscaler (v2, as KubeRay runs it for "
+        "Ray >= 2.47) with the fake multi-node provider (`ray.cluster_utils.AutoscalingCluster`) standing in for "
+        "KubeRay and Kubernetes. Every node is a set of processes on this one machine.",
+        "",
+        f"k8s/ at commit {result['commit']}. Machine: **{m['model']}**, {m['cores']} cores, {m['memory_gib']} GiB, "
+        f"Python {result['python']}; a random BERT cross-encoder from tests/tiny_models.py with hidden size "
+        f"{result['model_shape']['hidden_size']} and {result['model_shape']['layers']} layers (wider than the tests' "
+        "tiny one, so scoring is what the load waits on). The load generator runs on the same cores: closed-loop "
+        "clients, `POST /rerank` with 4-24 multilingual passages, every answer checked against transformers in its "
+        "process.",
+        "",
+        f"{result['cpu']}. Run `{result['command']}` from {result['started_utc']} to {result['ended_utc']} UTC; "
+        f"load average before {fmt_load(result['loadavg_before'])}, after {fmt_load(result['loadavg_after'])} "
+        "(the heavy-work lock held: nothing else heavy ran).",
+        "",
+        f"<details><summary>CPU flags</summary>\n\n`{m['flags']}`\n\n</details>",
+        "",
+        "## The design, as the autoscaler sees it",
+        "",
+        "| node type | from KubeRay's translation | in the rehearsal | min | max |",
+        "|---|---|---|---|---|",
+    ]
+    for name, spec in result["kuberay_node_types"].items():
+        mine = result["node_types"].get("head" if name == "headgroup" else name, {})
+        mine_resources = mine.get("resources", mine)
+        lines.append(f"| {name} | `{spec['resources']}` | `{mine_resources}` | {spec['min_workers']} | {spec['max_workers']} |")
+    lines += ["", "What the rehearsal changes, and why:", "", "| what | change | why |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in result["changes"]]
+    capped = {g: n for g, n in result["max_workers_cap"].items() if n < result["kuberay_node_types"].get(g, {}).get("max_workers", 0)}
+    if capped:
+        lines.append(f"| worker groups | at most {capped} nodes | the rendered maxReplicas are more fake pods than 2 cores can start |")
+    lines += ["", f"RAY_* environment of the pods' Ray containers, set for the whole rehearsal cluster: `{result['pod_ray_env']}`; "
+              f"and the image's (Dockerfile ENV): `{result.get('image_ray_env')}`."]
+
+    lines += ["", "## Placement (Ray's state API: ALIVE actors per node group)", ""]
+    for label, key, problems in (("after start", "placement", "placement_problems"),
+                                 ("after both node losses", "placement_after_losses", "placement_problems_after_losses")):
+        lines.append(f"- {label}: `{result.get(key)}`; problems: **{result.get(problems) or 'none'}**")
+
+    ramp_ = result.get("ramp", {})
+    lines += ["", "## Scale-out and back", ""]
+    lines += [f"![cluster report]({png.name})", ""]
+    peak_replicas = {d: max((s["replicas"].get(d, 0) for s in result["recorder"].timeline), default=0) for d in cr.DEPLOYMENTS}
+    peak_nodes = {g: max((s["nodes"].get(g, 0) for s in result["recorder"].timeline), default=0) for g in (cr.CPU_GROUP, cr.GPU_GROUP)}
+    lines += [
+        f"- Peak RUNNING replicas {peak_replicas}; peak alive nodes {peak_nodes}.",
+        f"- Scorer max_replicas {ramp_.get('scorer_max_replicas')}, gpu-workers maxReplicas {ramp_.get('gpu_max_workers')}: "
+        f"both reached at {ramp_.get('reached_max_at_s')} s.",
+        f"- Back at the minimum (replicas and nodes) at {ramp_.get('back_to_min_at_s')} s.",
+    ]
+    if ramp_.get("window"):
+        lines.append(f"- During the ramp: {outcome_line(cr.classify(result['recorder'].samples, tuple(ramp_['window'])))}.")
+    lines += ["", "| phase | sent | correct 200 | wrong 200 | 429/503 | other | req/s (200) | p50 ms | p99 ms |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    phases = []
+    for s in result["recorder"].samples:
+        if s.phase not in phases:
+            phases.append(s.phase)
+    for phase in phases:
+        inside = [s for s in result["recorder"].samples if s.phase == phase]
+        ok = [s for s in inside if s.status == 200]
+        span = (max(s.sent_at + s.latency_s for s in inside) - min(s.sent_at for s in inside)) if inside else 0
+        lines.append(f"| {phase} | {len(inside)} | {sum(1 for s in ok if s.correct)} | {sum(1 for s in ok if not s.correct)} | "
+                     f"{sum(1 for s in inside if s.status in (429, 503))} | "
+                     f"{sum(1 for s in inside if s.status not in (200, 429, 503))} | {len(ok) / span if span else 0:.1f} | "
+                     f"{cr.percentile([s.latency_s for s in ok], 50) * 1000:.0f} | {cr.percentile([s.latency_s for s in ok], 99) * 1000:.0f} |")
+
+    lines += ["", "## Nodes lost under load", ""]
+    for loss in result.get("losses", []):
+        if "error" in loss:
+            lines.append(f"- {loss['group']}: **failed**: {loss['error']}")
+            continue
+        lines.append(
+            f"- {loss['group']} node `{loss['node_id'][-5:]}` holding {loss['held']} killed at {loss['killed_at_s']} s "
+            f"({loss['processes_killed']} processes): reported dead after {loss['reported_dead_after_s']} s, replaced "
+            f"after {loss['node_replaced_after_s']} s, serving again after {loss['serving_again_after_s']} s. "
+            f"Requests from 2 s before the kill to the end of recovery: {outcome_line(loss['outcomes'])}.")
+    update = result.get("rolling_update")
+    if update:
+        lines += ["", "## Rolling update of serveConfigV2 under load", "",
+                  f"Scorer `user_config` {update['user_config']} and `max_replicas` {update['scorer_max_replicas']}, "
+                  f"submitted at {update['submitted_at_s']} s, applied after {update['applied_after_s']} s: "
+                  f"{outcome_line(update['outcomes'])}."]
+    lines += ["", "## /metrics across nodes"]
+    for title, metrics in (("On the cluster as deployed", result.get("metrics")),
+                           ("At the end, after nodes were added, lost, replaced and removed", result.get("metrics_end"))):
+        if not metrics:
+            continue
+        lines += ["", f"{title}: "
+                  f"{metrics['client']['sent']} requests sent, {metrics['client']['requests']} answered 200 with "
+                  f"{metrics['client']['pairs']} pairs. Summing every node's metrics agent ({metrics['nodes_scraped']} "
+                  f"nodes, the scrape the PodMonitor makes of every pod): {metrics['sum_of_node_scrapes']['requests']:.0f} "
+                  f"requests, {metrics['sum_of_node_scrapes']['pairs']:.0f} pairs: **{'exact' if metrics['exact'] else 'NOT exact'}**.",
+                  "", "| node group | requests (delta) | pairs scored (delta) |", "|---|---|---|"]
+        for node_id, v in metrics["per_node_delta"].items():
+            lines.append(f"| {v['group']} `{node_id[-5:]}` | {v['requests']:.0f} | {v['pairs']:.0f} |")
+        lines += ["", f"Cluster totals at that moment: {metrics['cluster_totals_now']}. "
+                  f"`GET /metrics` through the serve Service, six times: {metrics['metrics_route_answers']}."]
+    prom = result.get("prometheus")
+    if prom:
+        lost = prom["client"]["requests"] - prom["totals"]["requests"]
+        lines += ["", f"Over the whole run, a scrape of every alive node every 15 s (the PodMonitor's interval), each "
+                  "series (node and labels, one per replica) added up as `increase()` does, a series that goes away "
+                  f"keeping what was scraped last ({prom['totals']['nodes']} nodes, {prom['totals']['series']} series, "
+                  f"{prom['scrapes']} scrapes, {prom['totals'].get('failed_targets', 0)} node scrapes unanswered, "
+                  f"{prom['totals']['resets']} counter resets): "
+                  f"{prom['totals']['requests']:.0f} /rerank 200s and {prom['totals']['pairs']:.0f} pairs; the client "
+                  f"counted {prom['client']['requests']} and {prom['client']['pairs']}: **{lost:.0f} requests not counted** "
+                  "(what killed nodes and removed replicas counted after their last scrape; pairs also include each "
+                  "ingress replica's readiness canary).", "",
+                  "| node group | node | last scraped at (s) | requests | pairs |", "|---|---|---|---|---|"]
+        for node_id, v in prom["per_node"].items():
+            lines.append(f"| {v['group']} | `{node_id[-5:]}` | {v['t']} | {v['requests']:.0f} | {v['pairs']:.0f} |")
+    failures = [s for s in result["recorder"].samples if s.status != 200 or not s.correct]
+    lines += ["", "## Whole run", "", f"{outcome_line(result['outcomes_all'])}.", "",
+              "Every request that did not get a correct 200:", "",
+              "| sent at (s) | phase | body | status | latency (s) | error |", "|---|---|---|---|---|---|"]
+    lines += [f"| {s.sent_at:.1f} | {s.phase} | {s.body} | {s.status} | {s.latency_s:.2f} | {s.error} |" for s in failures] \
+        or ["| - | | | | | |"]
+    lines += ["",
+              f"Processes of the rehearsal left after it stopped: {result['processes_left']}. Total {result['total_s']} s.",
+              "", "<details><summary>Events</summary>", "", "| t (s) | event |", "|---|---|"]
+    lines += [f"| {t} | {text} |" for t, text in result["events"]]
+    lines += ["", "</details>", ""]
+    path.write_text("\n".join(lines))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, help="model directory (default: a new tiny random model)")
+    parser.add_argument("--hidden-size", type=int, default=128, help="of the random model made when --model is not given")
+    parser.add_argument("--layers", type=int, default=4, help="of the random model made when --model is not given")
+    parser.add_argument("--hold-s", type=float, default=240, help="longest wait for the Scorer and gpu-workers at max")
+    parser.add_argument("--cooldown-s", type=float, default=240, help="longest wait for the way back to the minimum")
+    parser.add_argument("--fault-clients", type=int, default=6)
+    parser.add_argument("--min-docs", type=int, default=4)
+    parser.add_argument("--max-docs", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-workers", type=lambda text: {k: int(v) for k, v in (kv.split("=") for kv in text.split(","))},
+                        default={cr.CPU_GROUP: 4, cr.GPU_GROUP: 4},
+                        help="cap per worker group below the rendered maxReplicas, for the 2 cores (group=N,...)")
+    parser.add_argument("--out-dir", type=Path, default=HERE)
+    parser.add_argument("--commit", help="say which commit's k8s/ this is (default: git rev-parse HEAD)")
+    return parser.parse_args(argv)
+
+
+def _interrupt(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup short
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    # `timeout` sends SIGTERM: unwind like Ctrl-C, so the cluster is stopped and the report written.
+    signal.signal(signal.SIGTERM, _interrupt)
+    result = run(args)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    png, md = args.out_dir / "cluster_report.png", args.out_dir / "CLUSTER_REPORT.md"
+    plot(result, png)
+    report(result, md, png)
+    raw = {k: v for k, v in result.items() if k != "recorder"}
+    raw["timeline"] = result["recorder"].timeline
+    raw["samples"] = [vars(s) for s in result["recorder"].samples]
+    (Path(tempfile.gettempdir()) / "cluster_ramp.json").write_text(json.dumps(raw, indent=1, default=str))
+    print(md.read_text())
+    return 1 if result.get("error") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
