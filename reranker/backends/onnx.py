@@ -130,13 +130,14 @@ def export_fp32(model: str, revision: Optional[str], target: Path) -> None:
 def _publish_with_external_data(optimized, target: Path, work: Path) -> None:
     """Saves the graph as `target` with its weights in one file beside it, the data file first.
 
-    ONNX Runtime maps external weights from the file instead of copying them into its own
-    memory, so pages it never reads (embedding rows of tokens the traffic does not use) stay on
-    disk, and the pages it does read are clean file pages the kernel can drop and re-read. With
-    mBERT and scorer_bench's workloads (about a third of the vocabulary), a scoring process held
-    709 MiB of PSS after the passes instead of 920, with identical scores (benchmarks/RESULTS.md
-    section 8). The data file is named per export, so a model file never points at another
-    export's weights; the loser of two concurrent exports leaves its data file behind.
+    ONNX Runtime maps the weights it keeps as they are (for mBERT mostly the 312 MiB word
+    embedding; the projections are copied once, prepacked) from the file instead of copying them,
+    so rows of tokens the traffic never uses stay on disk, and the rows it reads are clean file
+    pages the kernel can drop and re-read. With scorer_bench's texts (about a third of the
+    vocabulary) a scoring process held 686 MiB of PSS instead of 913, scores identical; with every
+    row read it would be at most 889 (benchmarks/RESULTS.md section 8). The data file is named per
+    export, so a model file never points at another export's weights; the loser of two concurrent
+    exports leaves its data file behind.
     """
     staged = work / f"{target.stem}-{os.urandom(4).hex()}{target.suffix}"
     optimized.save_model_to_file(str(staged), use_external_data_format=True, all_tensors_to_one_file=True)
