@@ -206,6 +206,14 @@ def cpu_seconds(app: App) -> dict[int, tuple[str, float]]:
     return out
 
 
+def machine_busy_seconds() -> float:
+    """CPU-seconds the whole machine has been busy (every process; steal and idle excluded)."""
+    import psutil
+
+    times = psutil.cpu_times()
+    return times.user + times.nice + times.system + times.irq + times.softirq
+
+
 def replica_counts(app: App) -> dict[str, int]:
     counts = dict.fromkeys(DEPLOYMENTS, 0)
     for process in app.tree():
@@ -291,13 +299,19 @@ def sweep(app: App, bodies: list[bytes], clients: list[int], window_s: float, ti
     levels = []
     for index, count in enumerate(clients):
         level = Level(count, window_s)
-        before = cpu_seconds(app)
+        before, machine_before = cpu_seconds(app), machine_busy_seconds()
         started = time.monotonic()
         print(f"{count} clients for {window_s:.0f} s ...", flush=True)
         asyncio.run(run_level(app.url, bodies, level, timeout_s, seed=index))
         after, elapsed = cpu_seconds(app), time.monotonic() - started
         level.cpu_cores = {f"{after[pid][0]} ({pid})": (after[pid][1] - before[pid][1]) / elapsed
                            for pid in set(before) & set(after)}
+        # What the app's processes do not explain: this load generator, other jobs on the machine,
+        # and processes that started or ended within the window (e.g. a worker for a new replica).
+        machine = (machine_busy_seconds() - machine_before) / elapsed
+        level.cpu_cores["whole machine"] = machine
+        level.cpu_cores["outside the app's processes"] = machine - sum(
+            (after[pid][1] - before[pid][1]) / elapsed for pid in set(before) & set(after))
         print(f"  {level.pairs_per_s():.2f} pairs/s, {len(level.ok_in_window())} x 200 in the window, "
               f"{level.count(429)} x 429, {level.count(504)} x 504", flush=True)
         levels.append(level)
