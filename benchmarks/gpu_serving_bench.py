@@ -240,6 +240,31 @@ def delta(after: dict, before: dict, key: str) -> float:
     return after.get(key, 0.0) - before.get(key, 0.0)
 
 
+def node_metric_totals(metrics_port: int, settle_s: float = 3.0) -> dict[str, float]:
+    """metric_totals of this node's metrics export (Ray's own port: no ingress needed, as in the handle phase)."""
+    import urllib.request
+
+    time.sleep(settle_s)  # the metrics agent exports every second (RAY_metrics_report_interval_ms)
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30) as response:
+        return metric_totals(response.read().decode())
+
+
+def batch_stats(after: dict, before: dict) -> dict:
+    """Forward batches between two metric_totals, their mean pairs and padded tokens, and mean stage times."""
+    batches = delta(after, before, "ray_reranker_batch_padded_tokens_count")
+    stats = {
+        "forward_batches": batches,
+        "pairs_per_forward_batch": delta(after, before, "ray_reranker_batch_pairs_sum") / batches if batches else None,
+        "padded_tokens_per_forward_batch":
+            delta(after, before, "ray_reranker_batch_padded_tokens_sum") / batches if batches else None,
+    }
+    for stage in ("queue_wait", "inference"):
+        count = delta(after, before, f"ray_reranker_stage_duration_seconds_count{{{stage}}}")
+        total = delta(after, before, f"ray_reranker_stage_duration_seconds_sum{{{stage}}}")
+        stats[f"{stage}_mean_ms"] = total / count * 1000 if count else None
+    return stats
+
+
 async def read_metrics(client, settle_s: float = 3.0) -> dict[str, float]:
     await asyncio.sleep(settle_s)  # the metrics agent exports every second (RAY_metrics_report_interval_ms)
     async with client.get("/metrics") as response:
@@ -355,15 +380,18 @@ async def handle_phase(args, config: dict, model_dir: Path, parts: list, own_rat
         stop_at = time.perf_counter() + args.handle_warmup_s
         await asyncio.gather(*(caller(i) for i in range(args.callers)))
         pairs = 0
+        metrics_before = await asyncio.to_thread(node_metric_totals, args.metrics_port)
         before = cpu_snapshot(roles)
         started = time.perf_counter()
         stop_at = started + args.handle_s
         with Profiles(args.profile_dir and Path(args.profile_dir) / "handle", roles, args.handle_s - 2, args.profile_gil):
             await asyncio.gather(*(caller(i) for i in range(args.callers)))
         elapsed = time.perf_counter() - started
-        return pairs, elapsed, cpu_by_role(roles, before, cpu_snapshot(roles))
+        cpu = cpu_by_role(roles, before, cpu_snapshot(roles))
+        metrics_after = await asyncio.to_thread(node_metric_totals, args.metrics_port)
+        return pairs, elapsed, cpu, batch_stats(metrics_after, metrics_before)
 
-    pairs, elapsed, cpu = await drive()
+    pairs, elapsed, cpu, batches = await drive()
     serve.delete("scorer_only")
     rate = pairs / elapsed
     requests = pairs / 50
@@ -374,10 +402,15 @@ async def handle_phase(args, config: dict, model_dir: Path, parts: list, own_rat
         "replicas": args.handle_replicas,
         "ray_actor_options": options.get("ray_actor_options"),
         "cpu_ms_per_part": {role: seconds * 1000 / requests for role, seconds in cpu.items()},
+        **batches,
     }
     print(f"{args.handle_replicas} scorer replica(s) through the handle: {rate:.0f} pairs/s = {rate / own_rate:.2f}x "
           f"in process ({args.callers} callers); CPU ms per 1 x 50 part: "
           + ", ".join(f"{k} {v:.1f}" for k, v in result["cpu_ms_per_part"].items()), flush=True)
+    if batches["forward_batches"]:
+        print(f"  {batches['pairs_per_forward_batch']:.0f} pairs and {batches['padded_tokens_per_forward_batch']:.0f} "
+              f"padded tokens per forward batch; queue_wait {batches['queue_wait_mean_ms'] or 0:.1f} ms, "
+              f"inference {batches['inference_mean_ms'] or 0:.1f} ms per window (mean)", flush=True)
     return result
 
 
@@ -653,7 +686,7 @@ def main(argv=None) -> int:
             import ray
             from ray import serve
 
-            start_ray(args, model_dir)
+            args.metrics_port = start_ray(args, model_dir)
             try:
                 # One event loop for every served phase: Serve's handle routers bind to the loop
                 # they are first used on (RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0).
