@@ -341,7 +341,7 @@ def scorer_options(config: dict, replicas: int, gpus: int) -> dict:
     places them); otherwise the config's ray_actor_options apply.
     """
     [entry] = [d for d in config["applications"][0]["deployments"] if d["name"] == "Scorer"]
-    options = {k: v for k, v in entry.items() if k in ("max_ongoing_requests", "ray_actor_options", "user_config")}
+    options = {k: v for k, v in entry.items() if k in ("max_ongoing_requests", "ray_actor_options", "user_config", "logging_config")}
     if gpus:
         options["ray_actor_options"] = {"num_cpus": 1, "num_gpus": 1 / replicas}
     return {**options, "num_replicas": replicas}
