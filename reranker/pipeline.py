@@ -1,8 +1,9 @@
 """The fan-out engine: one request through tokenizer and scorer, in parts, under a deadline.
 
 A large request is split into parts of about one scorer batch budget each, so its pairs spread
-over scorer replicas and batches. Each part is one tokenizer call whose response goes straight
-into the scorer's handle (no round trip through the ingress); a part whose replica dies is
+over scorer replicas and batches. Each part is one tokenizer call whose response is passed to
+the scorer's handle call without being awaited here first; the handles are by value, so Serve
+brings the encoded pairs through the ingress on their way to the scorer. A part whose replica dies is
 retried once. The readiness canary lives here too: a request never waits on an absent model.
 """
 
@@ -127,7 +128,7 @@ class Pipeline:
         return DocScores.concat(results)
 
     async def _score_part(self, part: PairRequest, responses: list, ticket: Ticket, work: int) -> DocScores:
-        """Tokenizer then scorer, chained without a round trip through here; retried once if a replica dies."""
+        """Tokenizer then scorer, the tokenizer's response handed to the scorer's call; retried once if a replica dies."""
         for attempt in (1, 2):
             encoded = self.tokenizer.encode.remote(part)
             scored = self.scorer.score.remote(encoded)
