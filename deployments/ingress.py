@@ -44,9 +44,10 @@ class Ingress:
 
     def __init__(self, tokenizer: DeploymentHandle, scorer: DeploymentHandle, settings: RerankerSettings):
         self.settings = settings
-        # By value: Serve's inter-deployment gRPC instead of Ray actor calls and object refs costs
-        # the ingress, tokenizer and scorer about a quarter less CPU per request (benchmarks/RESULTS.md
-        # section 7); the tokenizer's answer then passes through here on its way to the scorer.
+        # By value: Serve's inter-deployment gRPC instead of Ray actor calls and object refs. With
+        # the scorer's batch windows it halved a handle caller's CPU per scorer call (5.1 -> 2.7 ms,
+        # simulated GPU on 2 cores, benchmarks/RESULTS.md section 7); the tokenizer's answer then
+        # passes through here on its way to the scorer.
         self.pipeline = Pipeline(tokenizer.options(_by_reference=False), scorer.options(_by_reference=False), settings)
         self.model_names = frozenset(
             {settings.model, settings.model.rstrip("/").split("/")[-1], *settings.model_aliases}
@@ -197,7 +198,7 @@ async def current_ingress() -> Ingress:
     """The Ingress instance of this replica (FastAPI dependency).
 
     Async, so FastAPI resolves it on the event loop: a plain function would cost a thread-pool hop
-    per request (about 5% of the ingress's CPU under load, benchmarks/RESULTS.md section 7).
+    per request (about 5% of the ingress's CPU under load when it was changed, commit 4c1c948).
     """
     return serve.get_replica_context().servable_object
 
