@@ -270,6 +270,13 @@ def outcome_line(o: dict) -> str:
             f"p99 {o['p99_ms']} ms, slowest {o['max_latency_s']} s")
 
 
+def kill_time(result: dict, loss: dict) -> float:
+    """When the node's processes were SIGKILLed: its "killed" event. (Runs before 2026-11-30 08:10 took
+    killed_at_s before looking the processes up, which takes seconds on a loaded machine.)"""
+    prefix = f"killed {loss['group']} node {loss['node_id'][-5:]}"
+    return next((t for t, text in result["events"] if text.startswith(prefix)), loss["killed_at_s"])
+
+
 def fmt_load(loadavg) -> str:
     return " / ".join(f"{x:.2f}" for x in loadavg)
 
@@ -353,11 +360,13 @@ def report(result: dict, path: Path, png: Path) -> None:
         if "error" in loss:
             lines.append(f"- {loss['group']}: **failed**: {loss['error']}")
             continue
+        kill = kill_time(result, loss)
+        late = kill - loss["killed_at_s"]
         lines.append(
-            f"- {loss['group']} node `{loss['node_id'][-5:]}` holding {loss['held']} killed at {loss['killed_at_s']} s "
-            f"({loss['processes_killed']} processes): reported dead after {loss['reported_dead_after_s']} s, replaced "
-            f"after {loss['node_replaced_after_s']} s, serving again after {loss['serving_again_after_s']} s. "
-            f"Requests from 2 s before the kill to the end of recovery: {outcome_line(loss['outcomes'])}.")
+            f"- {loss['group']} node `{loss['node_id'][-5:]}` holding {loss['held']} killed at {kill} s "
+            f"({loss['processes_killed']} processes): reported dead after {loss['reported_dead_after_s'] - late:.1f} s, replaced "
+            f"after {loss['node_replaced_after_s'] - late:.1f} s, serving again after {loss['serving_again_after_s'] - late:.1f} s. "
+            f"Requests from {2 + late:.1f} s before the kill to the end of recovery: {outcome_line(loss['outcomes'])}.")
     update = result.get("rolling_update")
     if update:
         lines += ["", "## Rolling update of serveConfigV2 under load", "",
@@ -389,11 +398,25 @@ def report(result: dict, path: Path, png: Path) -> None:
                   f"{prom['totals']['resets']} counter resets): "
                   f"{prom['totals']['requests']:.0f} /rerank 200s and {prom['totals']['pairs']:.0f} pairs; the client "
                   f"counted {prom['client']['requests']} and {prom['client']['pairs']}: **{lost:.0f} requests not counted** "
-                  "(what killed nodes and removed replicas counted after their last scrape; pairs also include each "
+                  "(what the killed nodes counted after their last scrape, below; the pairs also count each new "
                   "ingress replica's readiness canary).", "",
                   "| node group | node | last scraped at (s) | requests | pairs |", "|---|---|---|---|---|"]
         for node_id, v in prom["per_node"].items():
             lines.append(f"| {v['group']} | `{node_id[-5:]}` | {v['t']} | {v['requests']:.0f} | {v['pairs']:.0f} |")
+        lines += ["", "What the killed nodes counted after their last scrape (no scrape can reach a lost pod; Prometheus "
+                  "loses the same):", ""]
+        for loss in result.get("losses", []):
+            node = prom["per_node"].get(loss.get("node_id", ""))
+            if not node:
+                continue
+            killed = kill_time(result, loss)
+            answered = [s for s in result["recorder"].samples if s.status == 200 and node["t"] <= s.sent_at + s.latency_s < killed]
+            line = (f"- {loss['group']} `{loss['node_id'][-5:]}`: last scrape began at {node['t']} s, killed at {killed} s; "
+                    f"{len(answered)} requests ({sum(s.pairs for s in answered)} pairs) were answered 200 by the cluster in between.")
+            if loss["held"].get("Ingress") and loss["held"]["Ingress"] == loss.get("replicas_before", {}).get("Ingress"):
+                line += (" It held every ingress replica, so it counted all of those requests (less the few its last "
+                         "scrape still saw, as a scrape takes seconds under load).")
+            lines.append(line)
     failures = [s for s in result["recorder"].samples if s.status != 200 or not s.correct]
     lines += ["", "## Whole run", "", f"{outcome_line(result['outcomes_all'])}.", "",
               "Every request that did not get a correct 200:", "",

@@ -1189,8 +1189,8 @@ def lose_node(rehearsal: Rehearsal, recorder: Recorder, deployment: str, group: 
     before_nodes = rehearsal.alive_by_group()
     before_replicas = rehearsal.running_replicas()
     held = replicas_on(rehearsal, node_id)
-    killed_at = recorder.now()
     pids = rehearsal.kill_node(node_id)
+    killed_at = recorder.now()  # after: finding the node's processes takes seconds on a loaded machine, the kill none
     recorder.event(f"killed {group} node {node_id[-5:]} ({pids} processes; held {held})")
     result = {"group": group, "node_id": node_id, "processes_killed": pids, "held": held,
               "processes": sorted(set(getattr(rehearsal, "last_killed", {}).values())),
