@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from dataclasses import dataclass
 
@@ -23,14 +22,6 @@ logger = logging.getLogger("ray.serve")
 # while the previous one runs on the GPU (a CPU backend computes inside the launch, so there it
 # changes nothing); more would only hold device memory.
 WINDOWS_IN_FLIGHT = 2
-
-# The GIL switch interval of a scorer that launches its forward on a device (GPU, simulated GPU).
-# An eager forward gives the GIL back around each of its ~600 torch calls and must win it back
-# from the replica's event loops every time; at Python's default 5 ms a busy event loop keeps it
-# for its whole burst. One scorer through its handle, simulated GPU on 2 cores: 0.50x of the
-# in-process rate at 5 ms, 0.52x at 1 ms, 0.57x at 0.2 ms, 0.45x at 0.05 ms (benchmarks/RESULTS.md
-# section 7).
-LAUNCH_SWITCH_INTERVAL_S = 0.0002
 
 
 @dataclass
@@ -77,8 +68,6 @@ class Scorer:
         self.metrics = ScorerMetrics()
         self.windows_in_flight = asyncio.Semaphore(WINDOWS_IN_FLIGHT)
         self.core = ModelScorer(settings)
-        if self.core.launches_on_device:
-            sys.setswitchinterval(LAUNCH_SWITCH_INTERVAL_S)
         self.metrics.model_load_seconds.set(self.core.load_seconds)
         # The core resolved the device's batch defaults; user_config, if any, arrives next.
         self.reconfigure({})

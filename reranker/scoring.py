@@ -111,9 +111,6 @@ class ModelScorer:
             torch.set_num_threads(self.threads)
         # The simulated GPU (benchmarks and tests on CPU) batches like the GPU it stands in for.
         batches_like = "cuda" if backend_name(settings.backend, self.device) == "simulated-gpu" else self.device
-        # A launch returns before the forward has run (CUDA's queue, the simulated device): the
-        # serving path waits for it in `finish_pairs`. A CPU backend computes inside the launch.
-        self.launches_on_device = batches_like == "cuda"
         self.pad_to_multiple_of = settings.pad_to_multiple_of or (8 if batches_like == "cuda" else 1)
         unset = {k: v for k, v in DEVICE_BATCH_DEFAULTS[batches_like].items() if k not in settings.model_fields_set}
         self.batching = settings.batch_settings().model_copy(update=unset)

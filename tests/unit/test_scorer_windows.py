@@ -5,12 +5,11 @@ independent (a cancelled one does not cancel the others). Ordering of events, no
 from __future__ import annotations
 
 import asyncio
-import sys
 
 import numpy as np
 import pytest
 
-from deployments.scorer import LAUNCH_SWITCH_INTERVAL_S, WINDOWS_IN_FLIGHT, Scorer
+from deployments.scorer import WINDOWS_IN_FLIGHT, Scorer
 from reranker.backends.simulated import SimulatedGpuBackend
 from reranker.settings import RerankerSettings
 
@@ -55,8 +54,6 @@ def scorer_and_parts(tiny_model_dir, tiny_tokenizer, monkeypatch):
 
     # Serve's batcher compares its size with the replica's max_ongoing_requests, which only a replica has.
     monkeypatch.setattr(batching._BatchQueue, "_warn_if_max_batch_size_exceeds_max_ongoing_requests", lambda self: None)
-    # The GIL switch interval is the process's: leave pytest's as it is.
-    monkeypatch.setattr(sys, "setswitchinterval", lambda interval: None)
 
     scorer = Scorer.func_or_class(RerankerSettings(model=str(tiny_model_dir), backend="simulated-gpu"))
     events: list = []
@@ -153,18 +150,3 @@ def test_a_part_over_the_budget_is_split_and_reassembled(scorer_and_parts, loop)
         scorer.reconfigure(BatchSettings(max_batch_tokens=32768, max_batch_size=256).model_dump())
     np.testing.assert_array_equal(result.raw, expected)
     assert result.raw.shape == (merged.num_docs,)
-
-
-def test_a_scorer_that_launches_on_a_device_takes_the_gil_back_sooner(tiny_model_dir, monkeypatch):
-    """The launch thread wins the GIL back from the event loops within LAUNCH_SWITCH_INTERVAL_S; a CPU scorer keeps Python's."""
-    from ray.serve import batching
-
-    monkeypatch.setattr(batching._BatchQueue, "_warn_if_max_batch_size_exceeds_max_ongoing_requests", lambda self: None)
-    intervals: list = []
-    monkeypatch.setattr(sys, "setswitchinterval", intervals.append)
-    Scorer.func_or_class(RerankerSettings(model=str(tiny_model_dir), backend="simulated-gpu"))
-    assert intervals == [LAUNCH_SWITCH_INTERVAL_S]
-    assert LAUNCH_SWITCH_INTERVAL_S < sys.getswitchinterval()
-    intervals.clear()
-    Scorer.func_or_class(RerankerSettings(model=str(tiny_model_dir), backend="torch", device="cpu"))
-    assert intervals == []
