@@ -422,7 +422,8 @@ def app_config(args, port: int) -> dict:
     config["http_options"].update(host="127.0.0.1", port=port)
     for name, count in args.replicas.items():
         [deployment] = [d for d in config["applications"][0]["deployments"] if d["name"] == name]
-        deployment.pop("autoscaling_config", None)
+        # A fixed count: no autoscaling, neither the config's nor the one the GPU builder sets.
+        deployment["autoscaling_config"] = None
         deployment["num_replicas"] = count
     return config
 

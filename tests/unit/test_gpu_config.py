@@ -62,6 +62,13 @@ def deployment(config: dict, name: str) -> dict:
     return entry
 
 
+def replica_bounds(built_deployment) -> tuple[int, int]:
+    """(min_replicas, max_replicas) of a deployment the builder autoscales; fails if it has a fixed count."""
+    config = built_deployment._deployment_config
+    assert config.autoscaling_config is not None, f"{built_deployment.name} is not autoscaled"
+    return config.autoscaling_config.min_replicas, config.autoscaling_config.max_replicas
+
+
 def test_gpu_config_is_serve_config_plus_documented_differences():
     assert load(GPU_CONFIG) == expected_gpu_config()
 
@@ -92,7 +99,8 @@ def test_admission_takes_the_issue_load_without_429():
     config = load(GPU_CONFIG)
     ingress = deployment(config, "Ingress")
     per_gpu = config["applications"][0]["args"]["replicas_per_gpu"]
-    assert per_gpu["ingress"] * ingress["max_ongoing_requests"] + ingress["max_queued_requests"] >= 2 * 64
+    # Already with the one ingress replica per GPU the autoscaler starts from.
+    assert ingress["max_ongoing_requests"] + ingress["max_queued_requests"] >= 2 * 64
     scorer = deployment(config, "Scorer")
     # Every request an ingress replica holds may be one scorer part; they fit in the scorers' slots.
     assert per_gpu["scorer"] * scorer["max_ongoing_requests"] >= per_gpu["ingress"] * ingress["max_ongoing_requests"]
@@ -111,9 +119,11 @@ def test_the_builder_sizes_every_deployment_per_gpu(monkeypatch, gpus):
     per_gpu = app_config["args"]["replicas_per_gpu"]
     built = build_serve_app(call_user_app_builder_with_args_if_necessary(app_module.build_app, app_config["args"]), name="reranker")
     by_name = {d.name: d for d in built.deployments}
-    assert by_name["Ingress"].num_replicas == per_gpu["ingress"] * gpus
-    assert by_name["Tokenizer"].num_replicas == per_gpu["tokenizer"] * gpus
-    assert by_name["Scorer"].num_replicas == per_gpu["scorer"] * gpus
+    # Every deployment autoscaled: the CPU stages from one replica per GPU up to replicas_per_gpu
+    # per GPU; the scorers as many as the GPUs take, always.
+    assert replica_bounds(by_name["Ingress"]) == (gpus, per_gpu["ingress"] * gpus)
+    assert replica_bounds(by_name["Tokenizer"]) == (gpus, per_gpu["tokenizer"] * gpus)
+    assert replica_bounds(by_name["Scorer"]) == (per_gpu["scorer"] * gpus, per_gpu["scorer"] * gpus)
     assert by_name["Scorer"].ray_actor_options["num_gpus"] == pytest.approx(1 / per_gpu["scorer"])
     # The plain config stays as it was: the builder sizes nothing without replicas_per_gpu.
     plain = copy.deepcopy(app_config["args"])
@@ -142,5 +152,5 @@ def test_fractional_scorers_share_each_gpu():
     per_gpu = load_settings({}, environ={"RERANKER_REPLICAS_PER_GPU": '{"scorer": 2, "tokenizer": 3}'}).replicas_per_gpu
     assert per_gpu == ReplicasPerGpu(scorer=2, tokenizer=3)
     _, tokenizer, scorer = sized_per_gpu(per_gpu, 4, Tokenizer, Tokenizer, Scorer)
-    assert (tokenizer.num_replicas, scorer.num_replicas) == (12, 8)
+    assert (replica_bounds(tokenizer), replica_bounds(scorer)) == ((4, 12), (8, 8))
     assert scorer.ray_actor_options == {"num_cpus": 1, "num_gpus": 0.5}
