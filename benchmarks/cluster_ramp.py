@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 from bench_env import BENCH_DIR as HERE
 from bench_env import REPO_ROOT
@@ -58,13 +59,9 @@ def ramp(rehearsal: cr.Rehearsal, recorder: cr.Recorder, load: cr.Load, args) ->
         return rehearsal.running_replicas().get("Scorer", 0) >= scorer["max_replicas"] and \
             rehearsal.alive_by_group().get(cr.GPU_GROUP, 0) >= gpu_max
 
-    try:
-        rehearsal.wait_for(at_max, args.hold_s, "the Scorer at max_replicas on gpu-workers maxReplicas nodes")
-        out["reached_max_at_s"] = round(recorder.now(), 1)
-        recorder.event("Scorer at max_replicas, gpu-workers at maxReplicas")
-    except TimeoutError as exc:
-        out["reached_max_at_s"] = None
-        recorder.event(f"max not reached: {exc}")
+    out["reached_max_at_s"] = reached_at(
+        rehearsal, recorder, at_max, args.hold_s, "the Scorer at max_replicas on gpu-workers maxReplicas nodes"
+    )
     time.sleep(15)  # the replicas at the top take traffic
     for clients, seconds in DOWN:
         load.concurrency, load.phase = clients, f"down {clients}"
@@ -79,15 +76,22 @@ def ramp(rehearsal: cr.Rehearsal, recorder: cr.Recorder, load: cr.Load, args) ->
         nodes, replicas = rehearsal.alive_by_group(), rehearsal.running_replicas()
         return all(nodes.get(g, 0) <= n for g, n in minimum.items()) and all(replicas.get(d, 0) <= n for d, n in mins.items())
 
-    try:
-        rehearsal.wait_for(at_min, args.cooldown_s, "replicas and nodes back at their minimum")
-        out["back_to_min_at_s"] = round(recorder.now(), 1)
-        recorder.event("replicas and nodes back at their minimum")
-    except TimeoutError as exc:
-        out["back_to_min_at_s"] = None
-        recorder.event(f"not back at the minimum: {exc}")
+    out["back_to_min_at_s"] = reached_at(
+        rehearsal, recorder, at_min, args.cooldown_s, "replicas and nodes back at their minimum"
+    )
     out["window"] = (start, recorder.now())
     return out
+
+
+def reached_at(rehearsal, recorder, predicate, timeout_s: float, what: str) -> Optional[float]:
+    """Seconds into the run when `what` held (waiting at most timeout_s), or None; an event either way."""
+    try:
+        rehearsal.wait_for(predicate, timeout_s, what)
+    except TimeoutError as exc:
+        recorder.event(f"not reached: {exc}")
+        return None
+    recorder.event(what)
+    return round(recorder.now(), 1)
 
 
 def source_commit(args) -> str:
