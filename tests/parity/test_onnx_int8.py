@@ -53,13 +53,11 @@ def _reference_int8_matmul(x: np.ndarray, weight: np.ndarray, smooth: np.ndarray
     return ((q - zero_point) * scale) @ (weight_q * weight_scale)
 
 
-def test_quantized_matmul_matches_the_numpy_reference():
-    rng = np.random.default_rng(0)
-    tokens, k, n = 12, 16, 24
-    weight = (rng.standard_normal((k, n)) * 0.2).astype(np.float32)
-    x = rng.standard_normal((2, tokens, k)).astype(np.float32)
-    x[0, 3] *= 40  # one loud token: with one scale per tensor it would flatten the others
-    x[1, :, 5] += 9  # one loud channel, which smoothing moves into the weights
+def _quantize_one_matmul(x: np.ndarray, weight: np.ndarray):
+    """A one-MatMul graph of `weight`, rewritten by onnx_int8 (calibrated on x itself) and run on x.
+
+    Returns the quantized model, its output and the numpy reference of the same int8 arithmetic."""
+    k = weight.shape[0]
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence", k])],
@@ -69,9 +67,19 @@ def test_quantized_matmul_matches_the_numpy_reference():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     absmax = {"x": np.abs(x).reshape(-1, k).max(axis=0)}
     quantized = onnx_int8.quantize_model(model, absmax)
-    assert collections.Counter(node.op_type for node in quantized.graph.node)["MatMulInteger"] == 1
     got = ort.InferenceSession(quantized.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    expected = _reference_int8_matmul(x, weight, _smoothing(absmax["x"], weight))
+    return quantized, got, _reference_int8_matmul(x, weight, _smoothing(absmax["x"], weight))
+
+
+def test_quantized_matmul_matches_the_numpy_reference():
+    rng = np.random.default_rng(0)
+    tokens, k, n = 12, 16, 24
+    weight = (rng.standard_normal((k, n)) * 0.2).astype(np.float32)
+    x = rng.standard_normal((2, tokens, k)).astype(np.float32)
+    x[0, 3] *= 40  # one loud token: with one scale per tensor it would flatten the others
+    x[1, :, 5] += 9  # one loud channel, which smoothing moves into the weights
+    quantized, got, expected = _quantize_one_matmul(x, weight)
+    assert collections.Counter(node.op_type for node in quantized.graph.node)["MatMulInteger"] == 1
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     # ...and that is int8 close to the fp32 product, the quiet tokens included.
     exact = x @ weight
@@ -94,17 +102,7 @@ def test_quantized_matmul_is_exact_at_the_extremes_of_both_ranges():
         np.full(k, -3.0),          # every channel at the bottom: q = 0, zero point 255
         np.tile([1.7, -0.85], k // 2),  # both ends: q = 255 and 0, zero point 85
     ]).astype(np.float32)[None]
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence", k])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(weight, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    absmax = {"x": np.abs(x).reshape(-1, k).max(axis=0)}
-    quantized = onnx_int8.quantize_model(model, absmax)
-    got = ort.InferenceSession(quantized.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    expected = _reference_int8_matmul(x, weight, _smoothing(absmax["x"], weight))
+    quantized, got, expected = _quantize_one_matmul(x, weight)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     # These inputs are exactly representable, so the int8 product is the fp32 one.
     np.testing.assert_allclose(got, x @ weight, rtol=1e-5, atol=1e-5)
