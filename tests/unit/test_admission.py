@@ -6,6 +6,7 @@ import asyncio
 
 import numpy as np
 import pytest
+from handle_fakes import FakeMethod, FakeResponse
 
 from reranker.admission import Admission, ServiceRate
 from reranker.errors import OverloadedError, error_headers
@@ -159,33 +160,6 @@ def test_max_wait_must_be_positive():
 # ----- in the pipeline ------------------------------------------------------------------------
 
 
-class Answer:
-    """Awaitable like a DeploymentResponse."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def __await__(self):
-        async def get():
-            return self.value
-
-        return get().__await__()
-
-    def cancel(self):
-        pass
-
-
-class Method:
-    """A handle method: remote() answers fn's value, or fn's coroutine itself when it returns one."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def remote(self, *args):
-        value = self.fn(*args)
-        return value if asyncio.iscoroutine(value) else Answer(value)
-
-
 class GatedScorer:
     """Answers the canary at once; holds every later call until the test opens the gate, so requests stay in flight."""
 
@@ -193,13 +167,13 @@ class GatedScorer:
         self.forward_tokens_per_s = forward_tokens_per_s
         self.gate = asyncio.Event()
         self.canary_done = False
-        self.score = Method(self._score)
+        self.score = FakeMethod(self._score)
 
     def _scores(self, request: PairRequest) -> DocScores:
         raw = np.zeros(len(request.passages), np.float32)
         return DocScores(raw, raw, np.ones(len(raw), np.int64), 10, False, 4096, self.forward_tokens_per_s)
 
-    def _score(self, encoded: Answer):
+    def _score(self, encoded: FakeResponse):
         if not self.canary_done:
             self.canary_done = True
             return self._scores(encoded.value)
@@ -217,8 +191,8 @@ def test_pipeline_refuses_at_the_door_with_429_before_any_work_is_sent():
     answers OverloadedError for the rest without calling the tokenizer or scorer for it."""
     tokenizer_calls = []
     tokenizer = type("T", (), {})()
-    tokenizer.encode = Method(lambda request: (tokenizer_calls.append(request), request)[1])
-    tokenizer.describe = Method(lambda: {"max_length": 512})
+    tokenizer.encode = FakeMethod(lambda request: (tokenizer_calls.append(request), request)[1])
+    tokenizer.describe = FakeMethod(lambda: {"max_length": 512})
     settings = RerankerSettings(request_deadline_s=10)
     request = PairRequest(queries=["q"], passages=["x" * 300] * 10)  # about 1040 estimated tokens
     work = estimated_tokens(request, 512)

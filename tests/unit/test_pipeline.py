@@ -7,6 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from handle_fakes import FakeMethod, FakeResponse
 
 from reranker.api import PUBLIC_PATHS, RERANK_ROUTES
 from reranker.backends import BACKENDS, backend_class, build_backend
@@ -14,33 +15,6 @@ from reranker.errors import SettingsError
 from reranker.messages import DocScores, PairRequest
 from reranker.pipeline import Pipeline, split_request
 from reranker.settings import RerankerSettings
-
-
-class FakeResponse:
-    """Awaitable like a DeploymentResponse, with cancel()."""
-
-    def __init__(self, value):
-        self.value = value
-        self.cancelled = False
-
-    def __await__(self):
-        async def get():
-            return self.value
-
-        return get().__await__()
-
-    def cancel(self):
-        self.cancelled = True
-
-
-class FakeMethod:
-    def __init__(self, fn):
-        self.fn = fn
-        self.calls = []
-
-    def remote(self, *args):
-        self.calls.append(args)
-        return FakeResponse(self.fn(*args))
 
 
 class FakeTokenizer:
