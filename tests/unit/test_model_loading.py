@@ -22,11 +22,16 @@ def offline(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
 
+def every_loader(model: str):
+    """Each way the service loads a model: the scorer, the tokenizer and the config alone."""
+    return (lambda: ModelScorer(RerankerSettings(model=model)), lambda: load_tokenizer(model),
+            lambda: read_model_config(model))
+
+
 def test_missing_local_path(tmp_path):
     missing = str(tmp_path / "no-such-model")
     message = f"Model directory '{missing}' does not exist"
-    for load in (lambda: ModelScorer(RerankerSettings(model=missing)), lambda: load_tokenizer(missing),
-                 lambda: read_model_config(missing)):
+    for load in every_loader(missing):
         with pytest.raises(ModelLoadError, match=message):
             load()
 
@@ -39,8 +44,7 @@ def test_directory_without_config(tmp_path):
 @pytest.mark.usefixtures("offline")
 def test_hub_id_without_network():
     message = rf"Cannot load model '{HUB_ID}': LocalEntryNotFoundError: .*Check the hub id and network access"
-    for load in (lambda: ModelScorer(RerankerSettings(model=HUB_ID)), lambda: load_tokenizer(HUB_ID),
-                 lambda: read_model_config(HUB_ID)):
+    for load in every_loader(HUB_ID):
         with pytest.raises(ModelLoadError, match=message):
             load()
 
