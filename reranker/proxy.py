@@ -10,13 +10,12 @@ response at all, in the route family's error body.
 
 from __future__ import annotations
 
-import json
 import logging
 
 from starlette.middleware import Middleware
 
-from reranker.api import error_family
-from reranker.errors import NotReadyError, error_body, error_headers
+from reranker.errors import NotReadyError
+from reranker.server import error_response
 
 logger = logging.getLogger("ray.serve")
 
@@ -49,20 +48,17 @@ class ReplicaLossMiddleware:
                 raise
             logger.warning("Proxy failed before answering %s; answering 503.", scope.get("path"), exc_info=True)
         if not started:
-            await send_unavailable(scope, send)
+            await send_unavailable(scope, receive, send)
 
 
-async def send_unavailable(scope, send) -> None:
-    """503, Retry-After and the family's error body; the request id if Serve gave the request one."""
-    error = NotReadyError(LOST_MESSAGE, retry_after_s=RETRY_AFTER_S)
-    body = json.dumps(error_body(error, error_family(scope.get("path", "")))).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.lower().encode(), v.encode()) for k, v in error_headers(error).items()]
+async def send_unavailable(scope, receive, send) -> None:
+    """503, Retry-After and the family's error body (the service's one error path); the request id
+    if Serve gave the request one."""
+    response = error_response(NotReadyError(LOST_MESSAGE, retry_after_s=RETRY_AFTER_S), scope.get("path", ""))
     request_id = dict(scope.get("headers") or []).get(b"x-request-id")
     if request_id:
-        headers.append((b"x-request-id", request_id))
-    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+        response.headers["x-request-id"] = request_id.decode("latin-1")
+    await response(scope, receive, send)
 
 
 def proxy_middlewares() -> list[Middleware]:
