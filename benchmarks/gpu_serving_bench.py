@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ import numpy as np
 import yaml
 
 from scorer_bench import make_workloads, save_random_mbert
+from serving_bench import free_port
 
 DEPLOYMENTS = ("Ingress", "Tokenizer", "Scorer")
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -150,12 +150,6 @@ def in_process(args, model_dir: Path, requests) -> tuple[dict, list, list[np.nda
 
 
 # ----- Ray, processes, metrics ------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_ray(args, model_dir: Path) -> int:
