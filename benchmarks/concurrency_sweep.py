@@ -39,7 +39,7 @@ from pathlib import Path
 from bench_env import BENCH_DIR as HERE
 from bench_env import REPO_ROOT
 
-from load import client_session, free_port, percentile
+from load import client_session, free_port, percentile, sample_processes
 
 PASSAGES = 50
 MIN_PAIR_TOKENS, MAX_PAIR_TOKENS = 80, 219
@@ -183,27 +183,26 @@ def process_name(process) -> str:
     return Path(cmdline[0]).name if cmdline else "?"
 
 
+def app_processes(app: App) -> dict[int, str]:
+    """pid -> name of every process of the app, for load.sample_processes."""
+    return {process.pid: process_name(process) for process in app.tree()}
+
+
 def memory_snapshot(app: App) -> list[dict]:
     """RSS and PSS (bytes) of every process of the app."""
-    rows = []
-    for process in app.tree():
-        try:
-            info = process.memory_full_info()
-            rows.append({"pid": process.pid, "name": process_name(process), "rss": info.rss, "pss": info.pss})
-        except Exception:  # noqa: BLE001 - a process that just ended
-            pass
+    sampled = sample_processes(app_processes(app), lambda process: process.memory_full_info())
+    rows = [{"pid": pid, "name": name, "rss": info.rss, "pss": info.pss} for pid, (name, info) in sampled.items()]
     return sorted(rows, key=lambda row: -row["pss"])
 
 
 def cpu_seconds(app: App) -> dict[int, tuple[str, float]]:
-    out = {}
-    for process in app.tree():
-        try:
-            times = process.cpu_times()
-            out[process.pid] = (process_name(process), times.user + times.system + times.children_user + times.children_system)
-        except Exception:  # noqa: BLE001
-            pass
-    return out
+    """pid -> (name, CPU seconds, its reaped children's included) of every process of the app."""
+
+    def seconds(process) -> float:
+        times = process.cpu_times()
+        return times.user + times.system + times.children_user + times.children_system
+
+    return sample_processes(app_processes(app), seconds)
 
 
 def machine_busy_seconds() -> float:
