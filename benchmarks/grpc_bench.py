@@ -123,6 +123,10 @@ def main(argv=None) -> int:
             serve.shutdown()
             ray.shutdown()
     baseline = float(np.median(latencies["HTTP /rerank"]))
+    from machine import describe
+
+    print(describe())
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.2f}")
     print(f"model {args.size}, workload {args.workload}, 1 x {args.texts}, {args.rounds} rounds")
     print(f"{'transport':<20} {'p50 ms':>8} {'p90 ms':>8} {'p50 / HTTP':>11}")
     for name, values in latencies.items():
