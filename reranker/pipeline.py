@@ -204,8 +204,15 @@ class Pipeline:
     # ----- /info ---------------------------------------------------------------------------------
 
     async def describe(self) -> tuple[dict, list[dict]]:
-        """The tokenizer's description and each running scorer replica's (sampled, bounded in time)."""
-        tokenizer_info = await asyncio.wait_for(self.tokenizer.describe.remote(), timeout=DESCRIBE_TIMEOUT_S)
+        """The tokenizer's description and each running scorer replica's (sampled, bounded in time).
+
+        A tokenizer that failed to deploy or does not answer in time is NotReadyError (503 with
+        Retry-After and the reason /ready gives), as for a rerank request."""
+        try:
+            tokenizer_info = await asyncio.wait_for(self.tokenizer.describe.remote(), timeout=DESCRIBE_TIMEOUT_S)
+        except (DeploymentUnavailableError, asyncio.TimeoutError) as exc:
+            reason = await self._deployment_problem() or "the tokenizer did not answer."
+            raise NotReadyError(f"The model is not ready: {reason}", retry_after_s=5) from exc
         running = (await running_replicas()).get("Scorer") or 1
         scorers: dict[str, dict] = {}
         deadline = time.monotonic() + DESCRIBE_TIMEOUT_S

@@ -11,7 +11,7 @@ from handle_fakes import FakeMethod, FakeResponse
 
 from reranker.api import PUBLIC_PATHS, RERANK_ROUTES
 from reranker.backends import BACKENDS, backend_class, build_backend
-from reranker.errors import SettingsError
+from reranker.errors import NotReadyError, SettingsError, error_headers
 from reranker.messages import DocScores, PairRequest
 from reranker.pipeline import Pipeline, split_request
 from reranker.settings import RerankerSettings
@@ -70,6 +70,35 @@ def test_parts_follow_the_scorers_live_budget():
     assert len(parts) > 10
     scores = asyncio.run(pipeline.score(parts))
     assert scores.raw.tolist() == [float(len(p)) for p in request.passages]
+
+
+def test_describe_of_a_tokenizer_that_failed_to_deploy_is_not_ready(monkeypatch):
+    """/info and Weaviate's /meta: Serve's DeploymentUnavailableError becomes a 503 with the reason
+    and Retry-After (it answered a plain-text 503 before, outside the one error path)."""
+    from ray.serve._private.common import DeploymentID
+    from ray.serve.exceptions import DeploymentUnavailableError
+
+    import reranker.pipeline as pipeline_module
+
+    async def unavailable():
+        raise DeploymentUnavailableError(DeploymentID(name="Tokenizer", app_name="reranker"))
+
+    tokenizer = FakeTokenizer()
+    tokenizer.describe = FakeMethod(unavailable)
+    pipeline = Pipeline(tokenizer, FakeScorer(4096), RerankerSettings())
+    monkeypatch.setattr(pipeline_module, "app_deployments", lambda: {"Tokenizer": DeploymentStatus("DEPLOY_FAILED")})
+    with pytest.raises(NotReadyError, match="not ready: Tokenizer is DEPLOY_FAILED: ModelLoadError: no hub") as caught:
+        asyncio.run(pipeline.describe())
+    assert caught.value.status_code == 503 and error_headers(caught.value)["Retry-After"] == "5"
+
+
+class DeploymentStatus:
+    """The fields of Serve's DeploymentStatusInfo that the pipeline reads."""
+
+    def __init__(self, status: str):
+        self.status = status
+        self.message = "Traceback ...\nModelLoadError: no hub"
+        self.replica_states = {}
 
 
 def test_backend_table():
