@@ -28,8 +28,10 @@ def cluster_gpus() -> int:
 # Autoscaling of the GPU Run command, per GPU as k8s/'s GPU profile does it per GPU pod: the CPU
 # stages start at one replica per GPU and grow to `replicas_per_gpu` per GPU as requests wait on
 # them; scorers hold their share of a GPU, so there are always as many as the GPUs take.
-# (The scorers' min_replicas equals max_replicas: their target moves nothing.)
-TARGET_ONGOING_REQUESTS = {"Ingress": 16, "Tokenizer": 4, "Scorer": 32}
+# (The scorers' min_replicas equals max_replicas: their target moves nothing.) The GPU config
+# coalesces the ingress's calls under load (handle_calls_in_flight), so a tokenizer call then
+# carries up to a scorer window of requests (about 4 long 1 x 50): 2 calls, not 4 requests.
+TARGET_ONGOING_REQUESTS = {"Ingress": 16, "Tokenizer": 2, "Scorer": 32}
 UPSCALE_DELAY_S = 2.0
 DOWNSCALE_DELAY_S = 60.0
 

@@ -48,11 +48,16 @@ class Ingress:
         # the scorer's batch windows it halved a handle caller's CPU per scorer call (5.1 -> 2.7 ms,
         # simulated GPU on 2 cores, benchmarks/RESULTS.md section 7); the tokenizer's answer then
         # passes through here on its way to the scorer.
-        self.pipeline = Pipeline(tokenizer.options(_by_reference=False), scorer.options(_by_reference=False), settings)
+        self.metrics = IngressStageMetrics()
+        self.pipeline = Pipeline(
+            tokenizer.options(_by_reference=False),
+            scorer.options(_by_reference=False),
+            settings,
+            on_call=lambda deployment, parts: self.metrics.parts_per_call.observe(parts, tags={"callee": deployment}),
+        )
         self.model_names = frozenset(
             {settings.model, settings.model.rstrip("/").split("/")[-1], *settings.model_aliases}
         )
-        self.metrics = IngressStageMetrics()
         self.grpc_calls = GrpcCalls()
 
     async def score_pairs(self, pair_request: PairRequest, state, started: float) -> DocScores:

@@ -111,6 +111,14 @@ class Scorer:
             forward_tokens_per_s=self.core.forward_tokens_per_s,
         )
 
+    async def score_many(self, parts: list[EncodedPairs]) -> list:
+        """Scores several requests' parts sent in one call by the ingress (coalesced under load).
+
+        One result per part, in order: its DocScores, or the exception that belongs to it alone. The
+        parts join the batch queue like parts of separate calls, so windows pack them by tokens.
+        """
+        return list(await asyncio.gather(*(self.score(pairs) for pairs in parts), return_exceptions=True))
+
     @serve.batch(max_batch_size=4096, batch_wait_timeout_s=0.005, batch_size_fn=batch_padded_tokens)
     async def _score_batch(self, items: list[ScoreItem]) -> list[WindowShare]:
         """Launches one batch window and returns as soon as it is launched: each item's share of it.

@@ -46,6 +46,13 @@ class Tokenizer:
             raise result
         return result
 
+    async def encode_many(self, requests: list[PairRequest]) -> list:
+        """Encodes several requests' parts sent in one call by the ingress (coalesced under load).
+
+        One result per request, in order: its EncodedPairs, or the exception that belongs to it alone.
+        """
+        return list(await asyncio.gather(*(self._encode_batch(request) for request in requests), return_exceptions=True))
+
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def _encode_batch(self, requests: list[PairRequest]) -> list:
         started = time.perf_counter()

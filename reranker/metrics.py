@@ -19,6 +19,7 @@ BATCH_PAIRS_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 BATCH_TOKEN_BOUNDARIES = [64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
 RATIO_BOUNDARIES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
 CHUNK_BOUNDARIES = [1, 2, 3, 4, 5, 10, 20, 50]
+PARTS_PER_CALL_BOUNDARIES = [1, 2, 3, 4, 6, 8, 12, 16, 32, 64]
 
 def stage_duration() -> metrics.Histogram:
     return metrics.Histogram(
@@ -71,10 +72,16 @@ class HttpMetrics:
 
 
 class IngressStageMetrics:
-    """Validation and response stages, and windows per document, recorded by the ingress's routes."""
+    """Validation and response stages, windows per document and parts per handle call, recorded by the ingress."""
 
     def __init__(self):
         self.stage_duration = stage_duration()
+        self.parts_per_call = metrics.Histogram(
+            "reranker_parts_per_call",
+            description="Request parts one tokenizer or scorer call of the ingress carries (more than 1 when coalesced under load).",
+            boundaries=PARTS_PER_CALL_BOUNDARIES,
+            tag_keys=("callee",),
+        )
         self.chunks_per_document = metrics.Histogram(
             "reranker_chunks_per_document",
             description="Windows scored per document (1 unless chunk mode splits it).",

@@ -1,10 +1,11 @@
 """The fan-out engine: one request through tokenizer and scorer, in parts, under a deadline.
 
 A large request is split into parts of about one scorer batch budget each, so its pairs spread
-over scorer replicas and batches. Each part is one tokenizer call whose response is passed to
-the scorer's handle call without being awaited here first; the handles are by value, so Serve
-brings the encoded pairs through the ingress on their way to the scorer. A part whose replica dies is
-retried once. The readiness canary lives here too: a request never waits on an absent model.
+over scorer replicas and batches. Each part is tokenized, then scored; the handles are by value, so
+the encoded pairs pass through the ingress on their way to the scorer. Under load, parts of
+concurrent requests share one tokenizer call and one scorer call (reranker/coalescing.py). A part
+whose replica dies is retried once. The readiness canary lives here too: a request never waits on
+an absent model.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import re
 import time
+from typing import Callable, Optional
+
 import numpy as np
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
@@ -21,9 +25,10 @@ from ray.serve.exceptions import DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from reranker.admission import Admission, Ticket
-from reranker.batching import split_documents
+from reranker.batching import padded_tokens, split_documents
+from reranker.coalescing import Coalescer
 from reranker.errors import DeadlineExceededError, NotReadyError, RerankerError, ScorerUnavailableError
-from reranker.messages import DocScores, PairRequest
+from reranker.messages import DocScores, EncodedPairs, PairRequest
 from reranker.settings import RerankerSettings
 
 logger = logging.getLogger("ray.serve")
@@ -47,6 +52,16 @@ def cancel_quietly(responses) -> None:
             response.cancel()
         except Exception:  # noqa: BLE001
             pass
+
+
+async def call_and_cancel(method, items: list) -> list:
+    """One handle call with a list of items; cancelling the wait cancels the call on its replica."""
+    response = method.remote(items)
+    try:
+        return await response
+    except asyncio.CancelledError:
+        cancel_quietly([response])
+        raise
 
 
 def last_exception_line(message: str, limit: int = 600) -> str:
@@ -89,18 +104,50 @@ def split_request(request: PairRequest, budget_tokens: int, max_length: int) -> 
 class Pipeline:
     """Scores PairRequests through the tokenizer and scorer deployments; knows whether they are ready."""
 
-    def __init__(self, tokenizer: DeploymentHandle, scorer: DeploymentHandle, settings: RerankerSettings):
+    def __init__(
+        self,
+        tokenizer: DeploymentHandle,
+        scorer: DeploymentHandle,
+        settings: RerankerSettings,
+        on_call: Optional[Callable[[str, int], None]] = None,
+    ):
+        """`on_call(deployment, parts)` is told the size of every coalesced tokenizer and scorer call."""
         self.tokenizer = tokenizer
         self.scorer = scorer
         self.settings = settings
+        self.max_length = settings.max_length or 512
+        on_call = on_call or (lambda deployment, parts: None)
+        calls_in_flight = settings.handle_calls_in_flight or math.inf  # unset: nothing ever waits
+        self.encode_calls = Coalescer(
+            lambda parts: call_and_cancel(self.tokenizer.encode_many, parts),
+            lambda part: estimated_tokens(part, self.max_length),
+            settings.max_batch_tokens,
+            calls_in_flight,
+            lambda parts: on_call("Tokenizer", parts),
+        )
+        self.score_calls = Coalescer(
+            lambda parts: call_and_cancel(self.scorer.score_many, parts),
+            lambda pairs: padded_tokens(pairs.lengths),
+            settings.max_batch_tokens,
+            calls_in_flight,
+            lambda parts: on_call("Scorer", parts),
+        )
         # Learned from the scorer (each answer carries its live budget) and the tokenizer (canary).
         self.part_budget_tokens = settings.max_batch_tokens
-        self.max_length = settings.max_length or 512
         self.ready = False
         self.not_ready_reason = "The model has not scored a canary pair yet."
         self._canary_lock = asyncio.Lock()
         # Refuses at the door what could not finish within the deadline (reranker/admission.py).
         self.admission = Admission(settings.request_deadline_s * settings.admission_max_wait_fraction)
+
+    @property
+    def part_budget_tokens(self) -> int:
+        return self._part_budget_tokens
+
+    @part_budget_tokens.setter
+    def part_budget_tokens(self, tokens: int) -> None:
+        """Parts, and the calls that carry several of them, are sized to one scorer window."""
+        self._part_budget_tokens = self.encode_calls.budget = self.score_calls.budget = tokens
 
     def split(self, request: PairRequest) -> list[PairRequest]:
         return split_request(request, self.part_budget_tokens, self.max_length)
@@ -111,11 +158,12 @@ class Pipeline:
             await self.ensure_ready()
         work = [estimated_tokens(part, self.max_length) for part in parts]
         ticket = self.admission.admit(sum(work))  # OverloadedError (429) if it could not finish in time
-        responses: list = []
         timeout_s = self.settings.request_deadline_s
         try:
+            # On timeout the parts are cancelled: a part still queued here is never sent, and a call
+            # whose every part is cancelled is cancelled on its replica.
             results = await asyncio.wait_for(
-                asyncio.gather(*(self._score_part(part, responses, ticket, w) for part, w in zip(parts, work))),
+                asyncio.gather(*(self._score_part(part, ticket, w) for part, w in zip(parts, work))),
                 timeout=timeout_s,
             )
         except asyncio.TimeoutError:
@@ -123,18 +171,15 @@ class Pipeline:
                 f"The request did not finish within request_deadline_s ({timeout_s} s)."
             ) from None
         finally:
-            cancel_quietly(responses)
             ticket.release()
         return DocScores.concat(results)
 
-    async def _score_part(self, part: PairRequest, responses: list, ticket: Ticket, work: int) -> DocScores:
-        """Tokenizer then scorer, the tokenizer's response handed to the scorer's call; retried once if a replica dies."""
+    async def _score_part(self, part: PairRequest, ticket: Ticket, work: int) -> DocScores:
+        """Tokenizer then scorer, each in a call it may share with other requests' parts; retried once if a replica dies."""
         for attempt in (1, 2):
-            encoded = self.tokenizer.encode.remote(part)
-            scored = self.scorer.score.remote(encoded)
-            responses.extend((encoded, scored))
             try:
-                result = await scored
+                encoded: EncodedPairs = await self.encode_calls.submit(part)
+                result: DocScores = await self.score_calls.submit(encoded)
             except RerankerError:
                 raise
             except DeploymentUnavailableError as exc:

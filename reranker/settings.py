@@ -77,6 +77,10 @@ class RerankerSettings(BatchSettings):
     # A request whose estimated finish (the admitted backlog and itself, at the measured service
     # rate) is later than this fraction of request_deadline_s is refused with 429 (reranker/admission.py).
     admission_max_wait_fraction: float = Field(0.8, gt=0, le=1)
+    # Tokenizer calls and scorer calls each ingress replica has outstanding before further request
+    # parts wait and go out together, up to one scorer window per call (reranker/coalescing.py).
+    # Unset: every part is a call of its own (the GPU config sets 2).
+    handle_calls_in_flight: Optional[int] = Field(None, ge=1)
     log_text: bool = False
 
     @field_validator("relevant_label")

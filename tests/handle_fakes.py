@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
+
 
 class FakeResponse:
     """Awaitable like a DeploymentResponse, with cancel()."""
@@ -35,3 +37,11 @@ class FakeMethod:
         self.calls.append(args)
         value = self.fn(*args)
         return value if asyncio.iscoroutine(value) else FakeResponse(value)
+
+
+class FakeEncoded:
+    """A fake tokenizer's answer: the request itself, and pair lengths for the ingress's call sizing."""
+
+    def __init__(self, request, tokens_per_pair: int = 16):
+        self.request = request
+        self.lengths = np.full(len(request.passages), tokens_per_pair)

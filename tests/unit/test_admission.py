@@ -6,7 +6,7 @@ import asyncio
 
 import numpy as np
 import pytest
-from handle_fakes import FakeMethod, FakeResponse
+from handle_fakes import FakeEncoded, FakeMethod, FakeResponse
 
 from reranker.admission import Admission, ServiceRate
 from reranker.errors import OverloadedError, error_headers
@@ -168,6 +168,7 @@ class GatedScorer:
         self.gate = asyncio.Event()
         self.canary_done = False
         self.score = FakeMethod(self._score)
+        self.score_many = FakeMethod(self._score_many)
 
     def _scores(self, request: PairRequest) -> DocScores:
         raw = np.zeros(len(request.passages), np.float32)
@@ -185,13 +186,18 @@ class GatedScorer:
 
         return later()
 
+    async def _score_many(self, parts: list):
+        await self.gate.wait()
+        return [self._scores(part.request) for part in parts]
+
 
 def test_pipeline_refuses_at_the_door_with_429_before_any_work_is_sent():
     """Seeded by the canary's forward rate, the pipeline admits what fits in 0.8 x the deadline and
     answers OverloadedError for the rest without calling the tokenizer or scorer for it."""
     tokenizer_calls = []
     tokenizer = type("T", (), {})()
-    tokenizer.encode = FakeMethod(lambda request: (tokenizer_calls.append(request), request)[1])
+    tokenizer.encode = FakeMethod(lambda request: request)  # the canary
+    tokenizer.encode_many = FakeMethod(lambda requests: (tokenizer_calls.extend(requests), [FakeEncoded(r) for r in requests])[1])
     tokenizer.describe = FakeMethod(lambda: {"max_length": 512})
     settings = RerankerSettings(request_deadline_s=10)
     request = PairRequest(queries=["q"], passages=["x" * 300] * 10)  # about 1040 estimated tokens

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from handle_fakes import FakeMethod, FakeResponse
+from handle_fakes import FakeEncoded, FakeMethod
 
 from reranker.api import PUBLIC_PATHS, RERANK_ROUTES
 from reranker.backends import BACKENDS, backend_class, build_backend
@@ -20,6 +20,7 @@ from reranker.settings import RerankerSettings
 class FakeTokenizer:
     def __init__(self):
         self.encode = FakeMethod(lambda request: request)  # the fake scorer reads the PairRequest itself
+        self.encode_many = FakeMethod(lambda requests: [FakeEncoded(request) for request in requests])
         self.describe = FakeMethod(lambda: {"max_length": 64})
 
 
@@ -28,10 +29,10 @@ class FakeScorer:
 
     def __init__(self, budget: int):
         self.budget = budget
-        self.score = FakeMethod(self._score)
+        self.score = FakeMethod(lambda response: self._scores(response.value))  # the canary
+        self.score_many = FakeMethod(lambda parts: [self._scores(part.request) for part in parts])
 
-    def _score(self, response: FakeResponse) -> DocScores:
-        request = response.value
+    def _scores(self, request: PairRequest) -> DocScores:
         raw = np.array([float(len(p)) for p in request.passages], np.float32)
         return DocScores(raw, raw / 100, np.ones(len(raw), np.int64), 10 * len(raw), False, self.budget)
 
@@ -70,6 +71,31 @@ def test_parts_follow_the_scorers_live_budget():
     assert len(parts) > 10
     scores = asyncio.run(pipeline.score(parts))
     assert scores.raw.tolist() == [float(len(p)) for p in request.passages]
+
+
+@pytest.mark.parametrize("calls_in_flight", [None, 2])
+def test_concurrent_requests_share_calls_only_when_coalescing_is_set(calls_in_flight):
+    """handle_calls_in_flight unset: one tokenizer and one scorer call per part, as before. Set: the
+    parts that would wait behind 2 calls share one call per stage; every request gets its own scores."""
+
+    async def scenario():
+        tokenizer, scorer = FakeTokenizer(), FakeScorer(budget=32768)
+        pipeline = Pipeline(tokenizer, scorer, RerankerSettings(handle_calls_in_flight=calls_in_flight))
+        await pipeline.ensure_ready()
+        requests = [PairRequest(queries=[f"q{i}"], passages=texts(3 + i, chars=10 + i)) for i in range(6)]
+        results = await asyncio.gather(*(pipeline.score(pipeline.split(request)) for request in requests))
+        for request, scores in zip(requests, results):
+            assert scores.raw.tolist() == [float(len(p)) for p in request.passages]
+        return [len(args[0]) for args in tokenizer.encode_many.calls], [len(args[0]) for args in scorer.score_many.calls]
+
+    encode_calls, score_calls = asyncio.run(scenario())
+    if calls_in_flight is None:
+        assert encode_calls == score_calls == [1] * 6
+    else:
+        # The first two go alone; what waited behind them goes together (how it splits depends on
+        # when each call returns).
+        for calls in (encode_calls, score_calls):
+            assert calls[:2] == [1, 1] and sum(calls) == 6 and len(calls) < 6, calls
 
 
 def test_describe_of_a_tokenizer_that_failed_to_deploy_is_not_ready(monkeypatch):
@@ -154,3 +180,16 @@ def test_a_client_that_went_away_is_499_not_a_server_error(monkeypatch):
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(middleware(scope, None, None))
     assert recorded and recorded[0][3] == 499  # (scope, route, request_id, code, ...)
+
+
+def test_errors_keep_retry_after_when_they_travel_as_values():
+    """A coalesced call answers a list in which an error is a value (pickled by Serve): it keeps its
+    Retry-After and headers, so the client's answer is the one a raised error would give."""
+    import pickle
+
+    from reranker.errors import OverloadedError, ValidationError
+
+    for error in (OverloadedError("busy", retry_after_s=3), ValidationError("bad input", headers={"X-Why": "test"})):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)
+        assert (copy.retry_after_s, copy.headers, copy.status_code) == (error.retry_after_s, error.headers, error.status_code)
