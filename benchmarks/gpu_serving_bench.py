@@ -5,7 +5,9 @@ One run, one machine, side by side (issue 13):
   inprocess  the scorer's own rate: ModelScorer in this process on pre-encoded 1 x 50 long parts
              (16 distinct requests scored together, so batches fill to the budget).
   handle     one Scorer replica on a real local Ray, fed the same pre-encoded 1 x 50 parts through
-             its handle by --callers concurrent callers (no proxy, ingress or tokenizer).
+             its handle by --callers concurrent callers (no proxy, ingress or tokenizer): a call
+             per part, or with --handle-calls-in-flight N coalesced as the GPU config's ingress
+             sends them.
   http       the whole app from --config (the README's command) over HTTP on 127.0.0.1: low-load
              1 x 50 p50/p99; then --clients closed-loop clients: pairs/s, CPU milliseconds per
              request of every process, per-stage times from /metrics, GPU busy, and every answer's
@@ -356,6 +358,22 @@ async def handle_phase(args, config: dict, model_dir: Path, parts: list, own_rat
     # By value, as the ingress calls it now; --handle-by-reference as it did before (Ray actor calls).
     handle = handle.options(_by_reference=args.handle_by_reference)
     roles = serve_processes("scorer_only")
+    score_part = handle.score.remote
+    if args.handle_calls_in_flight:
+        # As the GPU config's ingress calls it: parts that would wait behind that many outstanding
+        # calls share one score_many call, up to the scorer's window (reranker/coalescing.py).
+        from reranker.batching import padded_tokens
+        from reranker.coalescing import Coalescer
+        from reranker.pipeline import call_and_cancel
+
+        budget = (await handle.describe.remote())["max_batch_tokens"]
+        calls = Coalescer(
+            lambda items: call_and_cancel(handle.score_many, items),
+            lambda pairs: padded_tokens(pairs.lengths),
+            budget,
+            args.handle_calls_in_flight,
+        )
+        score_part = calls.submit
 
     async def drive() -> tuple[int, float, dict]:
         for part in parts[:4]:  # warm-up
@@ -367,7 +385,7 @@ async def handle_phase(args, config: dict, model_dir: Path, parts: list, own_rat
             nonlocal pairs
             position = index
             while time.perf_counter() < stop_at:
-                result = await handle.score.remote(parts[position % len(parts)])
+                result = await score_part(parts[position % len(parts)])
                 pairs += result.raw.shape[0]
                 position += 1
 
@@ -394,12 +412,14 @@ async def handle_phase(args, config: dict, model_dir: Path, parts: list, own_rat
         "ratio_to_in_process": rate / own_rate,
         "callers": args.callers,
         "replicas": args.handle_replicas,
+        "calls_in_flight": args.handle_calls_in_flight,
         "ray_actor_options": options.get("ray_actor_options"),
         "cpu_ms_per_part": {role: seconds * 1000 / requests for role, seconds in cpu.items()},
         **batches,
     }
+    how = f"coalesced, {args.handle_calls_in_flight} calls in flight" if args.handle_calls_in_flight else "a call per part"
     print(f"{args.handle_replicas} scorer replica(s) through the handle: {rate:.0f} pairs/s = {rate / own_rate:.2f}x "
-          f"in process ({args.callers} callers); CPU ms per 1 x 50 part: "
+          f"in process ({args.callers} callers, {how}); CPU ms per 1 x 50 part: "
           + ", ".join(f"{k} {v:.1f}" for k, v in result["cpu_ms_per_part"].items()), flush=True)
     if batches["forward_batches"]:
         print(f"  {batches['pairs_per_forward_batch']:.0f} pairs and {batches['padded_tokens_per_forward_batch']:.0f} "
@@ -619,6 +639,9 @@ def parse_args(argv=None):
     parser.add_argument("--handle-replicas", type=int, default=1, help="scorer replicas in the handle phase (sharing one GPU)")
     parser.add_argument("--handle-by-reference", action="store_true",
                         help="callers use Ray actor calls and object refs (the ingress before issue 13), not Serve's gRPC")
+    parser.add_argument("--handle-calls-in-flight", type=int, default=None,
+                        help="callers coalesce their parts as the GPU config's ingress does "
+                             "(handle_calls_in_flight); unset: one call per part")
     parser.add_argument("--handle-warmup-s", type=float, default=5)
     parser.add_argument("--handle-s", type=float, default=20)
     parser.add_argument("--clients", type=int, default=48)

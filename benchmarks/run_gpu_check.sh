@@ -17,6 +17,8 @@
 #                    command): in-process scorer rate, one scorer through its handle, HTTP pairs/s at
 #                    48 clients with GPU busy (nvidia-smi), per-stage times from /metrics, CPU ms per
 #                    request per process, low-load 1 x 50 p50/p99, 429 fraction at 64 clients
+#   serving_coalesced  the in-process rate and the handle phase again, callers coalescing their parts
+#                    as the GPU config's ingress does
 #   gpu_tests.log    (GPU only) the gpu-marked tests: CUDA parity, the torch backend's fetch
 set -uo pipefail
 out="${OUT:-/tmp/gpu-out}"
@@ -64,6 +66,12 @@ echo "launch_cost exit $?" >> "$out/machine.txt"
   --out "$out/serving" > "$out/serving.log" 2>&1
 echo "serving exit $?" >> "$out/machine.txt"
 
+# One scorer through its handle again, its callers coalescing their parts as the GPU config's
+# ingress does (handle_calls_in_flight: 2).
+"$py" -W ignore benchmarks/gpu_serving_bench.py --config serve_config.gpu.yaml "${serving_args[@]}" \
+  --phases inprocess,handle --handle-calls-in-flight 2 --out "$out/serving_coalesced" > "$out/serving_coalesced.log" 2>&1
+echo "serving_coalesced exit $?" >> "$out/machine.txt"
+
 if [ "$mode" = gpu ]; then
   # The gpu-marked tests, among them the torch backend's launch and event-synchronized fetch on CUDA.
   python3 -m pytest tests/gpu -m gpu -q -p no:cacheprovider > "$out/gpu_tests.log" 2>&1
@@ -74,4 +82,5 @@ if [ "$all" = 1 ] && [ "$mode" = gpu ]; then
   echo "gpu_check exit $?" >> "$out/machine.txt"
 fi
 grep -v "INFO\|^\s*$" "$out/serving.log" | tail -20
+grep "through the handle" "$out/serving_coalesced.log"
 cat "$out/machine.txt"
