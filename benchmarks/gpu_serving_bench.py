@@ -220,8 +220,7 @@ def metric_totals(text: str) -> dict[str, float]:
 
     wanted = {
         "ray_reranker_stage_duration_seconds_sum", "ray_reranker_stage_duration_seconds_count",
-        "ray_reranker_stage_cpu_seconds_total", "ray_reranker_batch_padded_tokens_sum",
-        "ray_reranker_batch_padded_tokens_count", "ray_reranker_batch_pairs_sum", "ray_reranker_pairs_scored_total",
+        "ray_reranker_stage_cpu_seconds_total", "ray_reranker_batch_padded_tokens_count", "ray_reranker_pairs_scored_total", "ray_reranker_padded_tokens_total",
     }
     totals: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
@@ -246,13 +245,18 @@ def node_metric_totals(metrics_port: int, settle_s: float = 3.0) -> dict[str, fl
 
 
 def batch_stats(after: dict, before: dict) -> dict:
-    """Forward batches between two metric_totals, their mean pairs and padded tokens, and mean stage times."""
+    """Forward batches between two metric_totals, their mean pairs and padded tokens, and mean stage times.
+
+    Pairs and padded tokens come from exact counters over the batch count. Ray exports a
+    histogram's _sum from its buckets' midpoints, so the stage means are estimates at bucket
+    resolution (LATENCY_BOUNDARIES_S in reranker/metrics.py).
+    """
     batches = delta(after, before, "ray_reranker_batch_padded_tokens_count")
     stats = {
         "forward_batches": batches,
-        "pairs_per_forward_batch": delta(after, before, "ray_reranker_batch_pairs_sum") / batches if batches else None,
+        "pairs_per_forward_batch": delta(after, before, "ray_reranker_pairs_scored_total") / batches if batches else None,
         "padded_tokens_per_forward_batch":
-            delta(after, before, "ray_reranker_batch_padded_tokens_sum") / batches if batches else None,
+            delta(after, before, "ray_reranker_padded_tokens_total") / batches if batches else None,
     }
     for stage in ("queue_wait", "inference"):
         count = delta(after, before, f"ray_reranker_stage_duration_seconds_count{{{stage}}}")
@@ -558,9 +562,9 @@ async def http_phases(args, url: str, requests, expected, app: str, scorer_repli
         count = delta(metrics_after, metrics_before, f"ray_reranker_stage_duration_seconds_count{{{stage}}}")
         total = delta(metrics_after, metrics_before, f"ray_reranker_stage_duration_seconds_sum{{{stage}}}")
         stages[stage] = {"mean_ms": total / count * 1000 if count else None, "count": count}
-    batches = delta(metrics_after, metrics_before, "ray_reranker_batch_padded_tokens_count")
-    padded = delta(metrics_after, metrics_before, "ray_reranker_batch_padded_tokens_sum")
-    batch_pairs = delta(metrics_after, metrics_before, "ray_reranker_batch_pairs_sum")
+    forward = batch_stats(metrics_after, metrics_before)
+    batches = forward["forward_batches"]
+    padded = delta(metrics_after, metrics_before, "ray_reranker_padded_tokens_total")
     scorers = sum(1 for role in roles.values() if role == "Scorer")
     busy = gpu.mean()
     if busy is None and scorer_replicas_gpu_s is not None:
@@ -583,8 +587,8 @@ async def http_phases(args, url: str, requests, expected, app: str, scorer_repli
         "serve_side_cpu_ms_per_request": serve_side,
         "stages": stages,
         "forward_batches": batches,
-        "pairs_per_forward_batch": batch_pairs / batches if batches else None,
-        "padded_tokens_per_forward_batch": padded / batches if batches else None,
+        "pairs_per_forward_batch": forward["pairs_per_forward_batch"],
+        "padded_tokens_per_forward_batch": forward["padded_tokens_per_forward_batch"],
         "gpu_busy_percent": busy,
         "gpu_busy_source": "nvidia-smi" if gpu.mean() is not None else "simulated device",
         "replicas": {name: sum(1 for role in roles.values() if role == name) for name in DEPLOYMENTS},

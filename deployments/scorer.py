@@ -149,6 +149,7 @@ class Scorer:
         self.metrics.stage_cpu.inc(launch_cpu_s + cpu_s, tags={"stage": "inference"})
         self.metrics.stage_duration.observe(time.perf_counter() - started, tags={"stage": "inference"})
         self.metrics.pairs_scored.inc(launched.num_pairs)
+        self.metrics.padded_tokens.inc(sum(batch.padded_tokens for batch in scores.batches))
         for batch in scores.batches:
             self.metrics.batch_pairs.observe(batch.pairs)
             self.metrics.batch_padded_tokens.observe(batch.padded_tokens)

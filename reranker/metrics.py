@@ -109,6 +109,10 @@ class ScorerMetrics:
         self.stage_duration = stage_duration()
         self.stage_cpu = stage_cpu()
         self.pairs_scored = metrics.Counter("reranker_pairs_scored", description="Pairs scored by the model.")
+        # Exact totals beside the histograms: Ray exports a histogram's _sum from bucket midpoints.
+        self.padded_tokens = metrics.Counter(
+            "reranker_padded_tokens", description="Padded tokens (longest pair x pairs) of every forward batch."
+        )
         self.batch_pairs = metrics.Histogram(
             "reranker_batch_pairs", description="Pairs per forward batch.", boundaries=BATCH_PAIRS_BOUNDARIES
         )

@@ -41,9 +41,9 @@ def test_simulated_gpu_scores_over_http_equal_the_in_process_scorer(serve_cluste
             return all(
                 metric_sum(text, "ray_reranker_stage_cpu_seconds_total", application=APP, stage=stage) > 0
                 for stage in ("tokenization", "inference")
-            )
+            ) and metric_sum(text, "ray_reranker_padded_tokens_total", application=APP) >= expected_pairs.total_tokens
 
-        poll(stage_cpu_recorded, 30, "the tokenizer's and the scorer's stage CPU seconds in /metrics")
+        poll(stage_cpu_recorded, 30, "the stage CPU seconds and the padded tokens in /metrics")
 
         # 24 concurrent requests, each its own rotation of the passages: every answer is its own.
         ours = Ours(tiny_model_dir, backend="simulated-gpu")
