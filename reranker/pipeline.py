@@ -159,18 +159,18 @@ class Pipeline:
         work = [estimated_tokens(part, self.max_length) for part in parts]
         ticket = self.admission.admit(sum(work))  # OverloadedError (429) if it could not finish in time
         timeout_s = self.settings.request_deadline_s
+        tasks = [asyncio.ensure_future(self._score_part(part, ticket, w)) for part, w in zip(parts, work)]
         try:
-            # On timeout the parts are cancelled: a part still queued here is never sent, and a call
-            # whose every part is cancelled is cancelled on its replica.
-            results = await asyncio.wait_for(
-                asyncio.gather(*(self._score_part(part, ticket, w) for part, w in zip(parts, work))),
-                timeout=timeout_s,
-            )
+            results = await asyncio.wait_for(asyncio.gather(*tasks), timeout=timeout_s)
         except asyncio.TimeoutError:
             raise DeadlineExceededError(
                 f"The request did not finish within request_deadline_s ({timeout_s} s)."
             ) from None
         finally:
+            # Past the deadline, after a failed part or a client gone: the other parts stop. One still
+            # queued here is never sent; a call whose every part has stopped is cancelled on its replica.
+            for task in tasks:
+                task.cancel()
             ticket.release()
         return DocScores.concat(results)
 

@@ -193,3 +193,42 @@ def test_errors_keep_retry_after_when_they_travel_as_values():
         copy = pickle.loads(pickle.dumps(error))
         assert type(copy) is type(error) and str(copy) == str(error)
         assert (copy.retry_after_s, copy.headers, copy.status_code) == (error.retry_after_s, error.headers, error.status_code)
+
+
+def test_a_failed_part_stops_the_other_parts_of_its_request():
+    """One part's error answers the request at once, and its other parts go no further: the parts
+    that waited behind the failing call never reach the scorer."""
+    from reranker.errors import ValidationError
+
+    async def scenario():
+        tokenizer, scorer = FakeTokenizer(), FakeScorer(budget=32768)
+        gate, never = asyncio.Event(), asyncio.Event()
+        cancelled_calls = []
+
+        async def encode_many(requests):
+            try:
+                await (gate if len(tokenizer.encode_many.calls) == 1 else never).wait()
+            except asyncio.CancelledError:
+                cancelled_calls.append(len(requests))
+                raise
+            return [ValidationError("bad part") if r.passages[0].startswith("000") else FakeEncoded(r) for r in requests]
+
+        tokenizer.encode_many = FakeMethod(encode_many)
+        pipeline = Pipeline(tokenizer, scorer, RerankerSettings(handle_calls_in_flight=1))
+        await pipeline.ensure_ready()
+        request = PairRequest(queries=["q"], passages=texts(3))
+        parts = split_request(request, budget_tokens=30, max_length=512)  # one passage per part
+        assert len(parts) == 3
+        scoring = asyncio.create_task(pipeline.score(parts))
+        await asyncio.sleep(0.01)
+        assert len(tokenizer.encode_many.calls) == 1  # the first part; the others wait behind it
+        gate.set()
+        with pytest.raises(ValidationError, match="bad part"):
+            await scoring
+        await asyncio.sleep(0.01)
+        # The two that waited went out together when the first call returned, and that call was
+        # cancelled once the request had failed: nobody waited for it any more.
+        assert cancelled_calls == [2] and scorer.score_many.calls == []
+        assert pipeline.admission.in_flight == 0 and pipeline.encode_calls.in_flight == 0
+
+    asyncio.run(scenario())
