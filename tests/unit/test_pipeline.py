@@ -232,3 +232,32 @@ def test_a_failed_part_stops_the_other_parts_of_its_request():
         assert pipeline.admission.in_flight == 0 and pipeline.encode_calls.in_flight == 0
 
     asyncio.run(scenario())
+
+
+def test_a_shared_call_whose_replica_dies_is_retried_for_each_of_its_parts():
+    """A scorer replica lost under a coalesced call fails every part in it; each part is retried
+    once (sharing a call again) and every request still gets its own scores."""
+    from ray.exceptions import ActorDiedError
+
+    async def scenario():
+        tokenizer, scorer = FakeTokenizer(), FakeScorer(budget=32768)
+        answer = scorer.score_many.fn
+        lost = []
+
+        def score_many(parts):
+            if len(parts) > 1 and not lost:  # the first call that carries several parts
+                lost.append(len(parts))
+                raise ActorDiedError()
+            return answer(parts)
+
+        scorer.score_many = FakeMethod(score_many)
+        pipeline = Pipeline(tokenizer, scorer, RerankerSettings(handle_calls_in_flight=1))
+        await pipeline.ensure_ready()
+        requests = [PairRequest(queries=[f"q{i}"], passages=texts(2 + i)) for i in range(4)]
+        results = await asyncio.gather(*(pipeline.score(pipeline.split(request)) for request in requests))
+        for request, scores in zip(requests, results):
+            assert scores.raw.tolist() == [float(len(p)) for p in request.passages]
+        assert lost and lost[0] > 1
+        assert sum(len(args[0]) for args in scorer.score_many.calls) == 4 + lost[0]  # each lost part once more
+
+    asyncio.run(scenario())
