@@ -545,7 +545,10 @@ async def http_phases(args, url: str, requests, expected, app: str, scorer_repli
         with GpuSampler() as gpu, Profiles(args.profile_dir and Path(args.profile_dir) / "http", roles,
                                            args.http_s - 2, args.profile_gil):
             answers, elapsed = await closed_loop(client, requests, expected, args.clients, args.http_s)
-        cpu = cpu_by_role(roles, cpu_before, cpu_snapshot(roles))
+        # Replicas the autoscaler started during the window count from zero (all their CPU is in it).
+        started = {pid: role for pid, role in serve_processes(app).items() if pid not in roles}
+        roles = {**roles, **started}
+        cpu = cpu_by_role(roles, {**cpu_before, **dict.fromkeys(started, 0.0)}, cpu_snapshot(roles))
         metrics_after = await read_metrics(client)
 
         overload = None
@@ -592,6 +595,7 @@ async def http_phases(args, url: str, requests, expected, app: str, scorer_repli
         "gpu_busy_percent": busy,
         "gpu_busy_source": "nvidia-smi" if gpu.mean() is not None else "simulated device",
         "replicas": {name: sum(1 for role in roles.values() if role == name) for name in DEPLOYMENTS},
+        "replicas_started_in_window": {name: sum(1 for role in started.values() if role == name) for name in DEPLOYMENTS},
     }
     if overload is not None:
         total = sum(overload.statuses.values())

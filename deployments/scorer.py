@@ -73,10 +73,10 @@ class Scorer:
         self.reconfigure({})
 
     def reconfigure(self, user_config: dict) -> None:
-        """Applies max_batch_tokens, max_batch_size and batch_wait_timeout_s without a restart."""
+        """Applies the batch settings (BatchSettings' fields) without a restart."""
         batching = BatchSettings(**{**self.core.batching.model_dump(), **(user_config or {})})
         self.core.reconfigure(batching)
-        self._score_batch.set_max_batch_size(batching.max_batch_tokens)
+        self._score_batch.set_max_batch_size(batching.max_batch_tokens * batching.batch_window_forwards)
         self._score_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
         logger.info("Batch settings: %s", batching.model_dump())
 

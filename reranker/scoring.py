@@ -30,8 +30,8 @@ GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
 # Batch budgets where a setting leaves them unset, per device (benchmarks/RESULTS.md): on 2 CPU
 # cores 8 length-sorted pairs per pass beat 16 and 32; an H200 peaks near 32k padded tokens.
 DEVICE_BATCH_DEFAULTS = {
-    "cpu": {"max_batch_size": 8, "max_batch_tokens": 4096},
-    "cuda": {"max_batch_size": 256, "max_batch_tokens": 32768},
+    "cpu": {"max_batch_size": 8, "max_batch_tokens": 4096, "batch_window_forwards": 1},
+    "cuda": {"max_batch_size": 256, "max_batch_tokens": 32768, "batch_window_forwards": 2},
 }
 
 

@@ -19,11 +19,15 @@ class BatchSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    # Padded tokens (longest pair x pairs) in one forward pass, and in one Serve batch window.
-    # Where unset, the scorer uses its device's default (deployments/model.py DEVICE_BATCH_DEFAULTS).
+    # Padded tokens (longest pair x pairs) in one forward pass; a request part is at most this.
+    # Where unset, the scorer uses its device's default (reranker/scoring.py DEVICE_BATCH_DEFAULTS).
     max_batch_tokens: int = Field(4096, ge=1)
     # Pairs in one forward pass.
     max_batch_size: int = Field(8, ge=1)
+    # Forward passes' worth of padded tokens in one Serve batch window. A window's pairs are sorted
+    # by length before they are cut into forward passes, so a window of two pads less than two
+    # windows of one: on a device that is busy, that is throughput. Device default: CPU 1, GPU 2.
+    batch_window_forwards: int = Field(1, ge=1)
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
 
 

@@ -14,6 +14,8 @@ from reranker.backends.simulated import SimulatedGpuBackend
 from reranker.settings import RerankerSettings
 
 QUERY = "what is the capital of france"
+# The simulated GPU's batching (the GPU's defaults), restored after a test changes the class's batch queue.
+GPU_BATCHING = {"max_batch_tokens": 32768, "max_batch_size": 256, "batch_window_forwards": 2}
 PASSAGES = [
     ["paris is the capital and most populous city of france", "berlin ist die hauptstadt von deutschland"],
     ["столица россии москва", "東京は日本の首都です", ""],
@@ -27,9 +29,11 @@ class RecordingBackend(SimulatedGpuBackend):
     def __init__(self, events: list, **kwargs):
         super().__init__(launch_torch_calls=2, launch_python_s_per_call=1e-6, launch_native_s_per_call=1e-6, **kwargs)
         self.events = events
+        self.shapes: list[tuple[int, int]] = []
 
     def launch(self, *arrays):
         self.events.append("launch")
+        self.shapes.append(arrays[0].shape)
         return super().launch(*arrays)
 
     def fetch(self, launched):
@@ -147,6 +151,42 @@ def test_a_part_over_the_budget_is_split_and_reassembled(scorer_and_parts, loop)
     try:
         result = loop.run_until_complete(scorer.score(merged))
     finally:  # the batch queue's settings belong to the class: restore them for other tests
-        scorer.reconfigure(BatchSettings(max_batch_tokens=32768, max_batch_size=256).model_dump())
+        scorer.reconfigure(GPU_BATCHING)
     np.testing.assert_array_equal(result.raw, expected)
     assert result.raw.shape == (merged.num_docs,)
+
+
+def test_a_window_of_two_forwards_sorts_its_pairs_by_length_before_cutting_them(scorer_and_parts, tiny_tokenizer, loop):
+    """Two parts, each a short and a long pair, in one window of two forwards' worth: the shorts go
+    in one forward and the longs in the other, so the window pads less than two windows of one."""
+    from reranker.batching import round_up
+    from reranker.tokenization import PairEncoder
+
+    scorer, _, events = scorer_and_parts
+    encoder = PairEncoder(tiny_tokenizer, scorer.core.max_length, 64)
+    long_text = "the quick brown fox jumps over the lazy dog " * 4
+    parts = [encoder.encode(QUERY, ["paris", long_text]), encoder.encode(QUERY, ["berlin", long_text + "again"])]
+    short = round_up(int(max(p.lengths[0] for p in parts)), 8)
+    longs = [round_up(int(p.lengths[1]), 8) for p in parts]
+    long = max(longs)
+    expected = [expected_scores(scorer, part) for part in parts]
+
+    def window_of(forwards: int) -> list:
+        scorer.core.backend.shapes.clear()
+        scorer.reconfigure({"max_batch_tokens": 2 * long, "max_batch_size": 256, "batch_window_forwards": forwards})
+
+        async def both():
+            return await asyncio.gather(scorer.score(parts[0]), scorer.score(parts[1]))
+
+        for part, result, want in zip(parts, loop.run_until_complete(both()), expected):
+            np.testing.assert_array_equal(result.raw, want)
+        return sorted(scorer.core.backend.shapes)
+
+    try:
+        # One forward's worth per window: each part is its own window, padded to its long pair.
+        assert window_of(1) == sorted((2, padded) for padded in longs)
+        # Two forwards' worth: one window, the shorts together and the longs together.
+        assert window_of(2) == [(2, short), (2, long)]
+        assert 2 * short + 2 * long < 2 * sum(longs)
+    finally:
+        scorer.reconfigure(GPU_BATCHING)

@@ -112,6 +112,7 @@ def test_model_scorer_batches_like_a_gpu_and_scores_do_not_depend_on_batching(ti
     assert scorer.pad_to_multiple_of == 8
     assert scorer.batching.max_batch_tokens == DEVICE_BATCH_DEFAULTS["cuda"]["max_batch_tokens"]
     assert scorer.batching.max_batch_size == DEVICE_BATCH_DEFAULTS["cuda"]["max_batch_size"]
+    assert scorer.batching.batch_window_forwards == DEVICE_BATCH_DEFAULTS["cuda"]["batch_window_forwards"] == 2
     assert scorer.describe()["backend"] == "simulated-gpu"
 
     encoder = PairEncoder(tiny_tokenizer, scorer.max_length, 64)
