@@ -1216,8 +1216,7 @@ def lose_node(rehearsal: Rehearsal, recorder: Recorder, deployment: str, group: 
     if not wait_replicas:
         time.sleep(settle_s)
         result["window"] = (killed_at - 2.0, recorder.now())
-        result["unanswered_sent_after_kill"] = sum(
-            1 for s in recorder.samples if s.status == 0 and s.sent_at > killed_at + 0.5)
+        result.update(unanswered_around(recorder, killed_at))
         return result
 
     def recovered():
@@ -1230,11 +1229,23 @@ def lose_node(rehearsal: Rehearsal, recorder: Recorder, deployment: str, group: 
     recorder.event("replicas back at their minimum, /ready 200")
     time.sleep(settle_s)
     result["window"] = (killed_at - 2.0, recorder.now())
-    # A request whose connection was on the dead node's own proxy has no answer to get (as behind a
-    # real Service); one sent after the node died must not meet that fate.
-    result["unanswered_sent_after_kill"] = sum(
-        1 for s in recorder.samples if s.status == 0 and s.sent_at > killed_at + 0.5 and s.sent_at < recorder.now())
+    result.update(unanswered_around(recorder, killed_at))
     return result
+
+
+def unanswered_around(recorder: Recorder, killed_at: float, grace_s: float = 0.5) -> dict:
+    """Requests without an HTTP answer, by when they were sent against the kill.
+
+    A request whose connection was on the dead node's own proxy has no answer to get (as behind a
+    real Service): at most one per client was in flight when the node died. In the first `grace_s`
+    after it a client may still be sent there; one sent later must not meet that fate.
+    """
+    lost = [s.sent_at for s in recorder.samples if s.status == 0 and s.sent_at >= killed_at - 2.0]
+    return {
+        "unanswered_sent_by_kill": sum(1 for t in lost if t <= killed_at),
+        "unanswered_sent_in_grace": sum(1 for t in lost if killed_at < t <= killed_at + grace_s),
+        "unanswered_sent_after_kill": sum(1 for t in lost if t > killed_at + grace_s),
+    }
 
 
 def min_replicas(config: dict) -> dict[str, int]:

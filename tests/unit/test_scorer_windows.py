@@ -178,7 +178,7 @@ def test_a_window_of_two_forwards_sorts_its_pairs_by_length_before_cutting_them(
         async def both():
             return await asyncio.gather(scorer.score(parts[0]), scorer.score(parts[1]))
 
-        for part, result, want in zip(parts, loop.run_until_complete(both()), expected):
+        for result, want in zip(loop.run_until_complete(both()), expected):
             np.testing.assert_array_equal(result.raw, want)
         return sorted(scorer.core.backend.shapes)
 
