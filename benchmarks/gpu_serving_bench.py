@@ -259,10 +259,15 @@ def batch_stats(after: dict, before: dict) -> dict:
             delta(after, before, "ray_reranker_padded_tokens_total") / batches if batches else None,
     }
     for stage in ("queue_wait", "inference"):
-        count = delta(after, before, f"ray_reranker_stage_duration_seconds_count{{{stage}}}")
-        total = delta(after, before, f"ray_reranker_stage_duration_seconds_sum{{{stage}}}")
-        stats[f"{stage}_mean_ms"] = total / count * 1000 if count else None
+        stats[f"{stage}_mean_ms"] = stage_mean(after, before, stage)["mean_ms"]
     return stats
+
+
+def stage_mean(after: dict, before: dict, stage: str) -> dict:
+    """A stage's observations between two metric_totals and their mean in ms (a bucket estimate)."""
+    count = delta(after, before, f"ray_reranker_stage_duration_seconds_count{{{stage}}}")
+    total = delta(after, before, f"ray_reranker_stage_duration_seconds_sum{{{stage}}}")
+    return {"mean_ms": total / count * 1000 if count else None, "count": count}
 
 
 async def read_metrics(client, settle_s: float = 3.0) -> dict[str, float]:
@@ -366,18 +371,10 @@ async def handle_phase(args, config: dict, model_dir: Path, parts: list, own_rat
     if args.handle_calls_in_flight:
         # As the GPU config's ingress calls it: parts that would wait behind that many outstanding
         # calls share one score_many call, up to the scorer's window (reranker/coalescing.py).
-        from reranker.batching import padded_tokens
-        from reranker.coalescing import Coalescer
-        from reranker.pipeline import call_and_cancel
+        from reranker.pipeline import scorer_calls
 
         budget = (await handle.describe.remote())["max_batch_tokens"]
-        calls = Coalescer(
-            lambda items: call_and_cancel(handle.score_many, items),
-            lambda pairs: padded_tokens(pairs.lengths),
-            budget,
-            args.handle_calls_in_flight,
-        )
-        score_part = calls.submit
+        score_part = scorer_calls(handle, lambda: budget, args.handle_calls_in_flight).submit
 
     async def drive() -> tuple[int, float, dict]:
         for part in parts[:4]:  # warm-up
@@ -560,11 +557,8 @@ async def http_phases(args, url: str, requests, expected, app: str, scorer_repli
     tokenization_ms = delta(metrics_after, metrics_before, "ray_reranker_stage_cpu_seconds_total{tokenization}") * 1000 / max(ok, 1)
     inference_ms = delta(metrics_after, metrics_before, "ray_reranker_stage_cpu_seconds_total{inference}") * 1000 / max(ok, 1)
     serve_side = sum(per_request.get(role, 0.0) for role in ("proxy", *DEPLOYMENTS)) - tokenization_ms - inference_ms
-    stages = {}
-    for stage in ("validation", "tokenization", "queue_wait", "inference", "response"):
-        count = delta(metrics_after, metrics_before, f"ray_reranker_stage_duration_seconds_count{{{stage}}}")
-        total = delta(metrics_after, metrics_before, f"ray_reranker_stage_duration_seconds_sum{{{stage}}}")
-        stages[stage] = {"mean_ms": total / count * 1000 if count else None, "count": count}
+    stages = {stage: stage_mean(metrics_after, metrics_before, stage)
+              for stage in ("validation", "tokenization", "queue_wait", "inference", "response")}
     forward = batch_stats(metrics_after, metrics_before)
     batches = forward["forward_batches"]
     padded = delta(metrics_after, metrics_before, "ray_reranker_padded_tokens_total")

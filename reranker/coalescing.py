@@ -2,7 +2,7 @@
 
 An item is sent at once, as a call of its own, while fewer than `max_in_flight` calls are
 outstanding. Beyond that it waits, and the items that waited go out together as one call as soon
-as a call returns, or at once when they add up to `budget` (a scorer window's worth of tokens).
+as a call returns, or at once when they add up to `budget()` (a scorer window's worth of tokens).
 At low load nothing waits; under load one Serve call carries several requests, so the per-call
 cost of each hop (Serve's request path, router, metrics and access log: about 5 ms of CPU per call
 in the tokenizer and in the scorer on the 2-core machine, benchmarks/RESULTS.md section 7) is paid
@@ -58,7 +58,7 @@ class Coalescer(Generic[Item, Result]):
         self,
         send: Callable[[list[Item]], Awaitable[Sequence[object]]],
         size: Callable[[Item], int],
-        budget: int,
+        budget: Callable[[], int],
         max_in_flight: float,
         on_call: Optional[Callable[[int], None]] = None,
     ):
@@ -87,10 +87,11 @@ class Coalescer(Generic[Item, Result]):
             raise
 
     def _dispatch(self) -> None:
-        while self._queue and (self.in_flight < self.max_in_flight or self._queued_size >= self.budget):
+        budget = self.budget()  # live: the scorer's window may change through its user_config
+        while self._queue and (self.in_flight < self.max_in_flight or self._queued_size >= budget):
             taken = [self._queue.popleft()]
             size = taken[0].size
-            while self._queue and size + self._queue[0].size <= self.budget:
+            while self._queue and size + self._queue[0].size <= budget:
                 size += self._queue[0].size
                 taken.append(self._queue.popleft())
             self._queued_size -= size

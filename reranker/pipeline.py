@@ -64,6 +64,22 @@ async def call_and_cancel(method, items: list) -> list:
         raise
 
 
+def scorer_calls(
+    scorer: DeploymentHandle,
+    budget: Callable[[], int],
+    calls_in_flight: float,
+    on_call: Optional[Callable[[int], None]] = None,
+) -> Coalescer:
+    """The scorer's calls as the ingress makes them: parts in padded tokens, `score_many` per call."""
+    return Coalescer(
+        lambda parts: call_and_cancel(scorer.score_many, parts),
+        lambda pairs: padded_tokens(pairs.lengths),
+        budget,
+        calls_in_flight,
+        on_call,
+    )
+
+
 def last_exception_line(message: str, limit: int = 600) -> str:
     """The final 'SomeError: text' line of a Serve status message (a traceback), module path dropped."""
     matches = [EXCEPTION_LINE.match(line) for line in message.splitlines()]
@@ -115,39 +131,27 @@ class Pipeline:
         self.tokenizer = tokenizer
         self.scorer = scorer
         self.settings = settings
+        # Learned from the scorer (each answer carries its live budget) and the tokenizer (canary).
+        self.part_budget_tokens = settings.max_batch_tokens
         self.max_length = settings.max_length or 512
         on_call = on_call or (lambda deployment, parts: None)
         calls_in_flight = settings.handle_calls_in_flight or math.inf  # unset: nothing ever waits
+        # Parts, and the calls that carry several of them, are sized to one scorer window.
         self.encode_calls = Coalescer(
             lambda parts: call_and_cancel(self.tokenizer.encode_many, parts),
             lambda part: estimated_tokens(part, self.max_length),
-            settings.max_batch_tokens,
+            lambda: self.part_budget_tokens,
             calls_in_flight,
             lambda parts: on_call("Tokenizer", parts),
         )
-        self.score_calls = Coalescer(
-            lambda parts: call_and_cancel(self.scorer.score_many, parts),
-            lambda pairs: padded_tokens(pairs.lengths),
-            settings.max_batch_tokens,
-            calls_in_flight,
-            lambda parts: on_call("Scorer", parts),
+        self.score_calls = scorer_calls(
+            scorer, lambda: self.part_budget_tokens, calls_in_flight, lambda parts: on_call("Scorer", parts)
         )
-        # Learned from the scorer (each answer carries its live budget) and the tokenizer (canary).
-        self.part_budget_tokens = settings.max_batch_tokens
         self.ready = False
         self.not_ready_reason = "The model has not scored a canary pair yet."
         self._canary_lock = asyncio.Lock()
         # Refuses at the door what could not finish within the deadline (reranker/admission.py).
         self.admission = Admission(settings.request_deadline_s * settings.admission_max_wait_fraction)
-
-    @property
-    def part_budget_tokens(self) -> int:
-        return self._part_budget_tokens
-
-    @part_budget_tokens.setter
-    def part_budget_tokens(self, tokens: int) -> None:
-        """Parts, and the calls that carry several of them, are sized to one scorer window."""
-        self._part_budget_tokens = self.encode_calls.budget = self.score_calls.budget = tokens
 
     def split(self, request: PairRequest) -> list[PairRequest]:
         return split_request(request, self.part_budget_tokens, self.max_length)

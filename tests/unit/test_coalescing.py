@@ -37,7 +37,7 @@ async def settle():
 
 def coalescer(calls: GatedCalls, budget: int = 100, max_in_flight: int = 2, sizes=None) -> Coalescer:
     observed = []
-    result = Coalescer(calls.send, lambda item: (sizes or {}).get(item, 10), budget, max_in_flight, observed.append)
+    result = Coalescer(calls.send, lambda item: (sizes or {}).get(item, 10), lambda: budget, max_in_flight, observed.append)
     result.observed = observed
     return result
 
@@ -131,7 +131,7 @@ def test_an_error_for_one_item_reaches_only_its_caller_and_a_failed_call_reaches
         async def lost(items):
             raise ConnectionError("replica lost")
 
-        failing = Coalescer(lost, lambda item: 1, 10, 1)
+        failing = Coalescer(lost, lambda item: 1, lambda: 10, 1)
         outcomes = await asyncio.gather(*(failing.submit(item) for item in range(3)), return_exceptions=True)
         assert all(isinstance(outcome, ConnectionError) for outcome in outcomes)
         assert failing.in_flight == 0
@@ -139,7 +139,7 @@ def test_an_error_for_one_item_reaches_only_its_caller_and_a_failed_call_reaches
         async def short(items):
             return items[:-1]
 
-        miscounted = Coalescer(short, lambda item: 1, 10, 1)
+        miscounted = Coalescer(short, lambda item: 1, lambda: 10, 1)
         outcomes = await asyncio.gather(*(miscounted.submit(item) for item in range(3)), return_exceptions=True)
         assert all(isinstance(outcome, RuntimeError) for outcome in outcomes), outcomes  # never a hang
 
