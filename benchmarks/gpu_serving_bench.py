@@ -19,6 +19,11 @@ forward's CPU cost, then the H200's time for the batch; GPU busy is the simulate
 `--backend torch` on a GPU machine (GPU busy sampled with nvidia-smi). `--fake-gpus N` lets a CPU
 machine's Ray advertise N GPUs, so a config that asks for GPUs deploys with the simulated one.
 
+The local Ray starts in the environment of README.md's Run command for --config (for
+serve_config.gpu.yaml: HAProxy in front of the ingress replicas, RAY_SERVE_ENABLE_HA_PROXY=1);
+variables set before the run win, e.g. RAY_SERVE_ENABLE_HA_PROXY=0 for Serve's Python proxy. The
+proxy's CPU is the Python proxy's, or HAProxy's and its manager actor's.
+
 "Serve-side CPU" is what the proxy, ingress, tokenizer and scorer processes spend per request,
 less the tokenizer's tokenization and the scorer's forward (their threads' CPU, from the
 `reranker_stage_cpu_seconds` metric): HTTP, validation, handle calls, batching, bookkeeping.
@@ -48,6 +53,7 @@ from bench_env import REPO_ROOT
 import numpy as np
 import yaml
 
+from readme_commands import readme_run_command  # tests/, on sys.path through bench_env
 from scorer_bench import make_workloads, save_random_mbert
 from serving_bench import free_port
 
@@ -154,15 +160,25 @@ def in_process(args, model_dir: Path, requests) -> tuple[dict, list, list[np.nda
 # ----- Ray, processes, metrics ------------------------------------------------------------------
 
 
+def ray_environment() -> dict[str, str]:
+    """The RAY_* variables of this process, which the local Ray's processes inherit."""
+    return {name: os.environ[name] for name in sorted(os.environ) if name.startswith("RAY_")}
+
+
 def start_ray(args, model_dir: Path) -> int:
-    """A local Ray for this run (environment as the README's Run command sets it); returns its metrics port."""
+    """A local Ray for this run, in the environment the README's Run command for the config sets
+    (variables already set here win); returns its metrics port."""
     import ray
 
+    command = readme_run_command(args.config)
+    for name, value in (command[0] if command else {}).items():
+        os.environ.setdefault(name, value)
     os.environ["RERANKER_MODEL"] = str(model_dir)
     os.environ["RERANKER_BACKEND"] = args.backend
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S", "0.5")
     os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
+    print(f"environment: {ray_environment()}", flush=True)
     metrics_port = free_port()
     extra = {"num_gpus": args.fake_gpus} if args.fake_gpus else {}
     ray.init(address="local", include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port, **extra)
@@ -173,6 +189,18 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process, from /proc (no psutil needed)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
+
+
+def child_pids(parent: int) -> list[int]:
+    """Direct children of a process, from /proc."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                children.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return children
 
 
 def serve_processes(app: str | None) -> dict[int, str]:
@@ -186,6 +214,10 @@ def serve_processes(app: str | None) -> dict[int, str]:
         cls = actor["ActorClassName"]
         if cls == "ProxyActor":
             roles[actor["Pid"]] = "proxy"
+        elif cls == "HAProxyManager":
+            # RAY_SERVE_ENABLE_HA_PROXY=1: the manager actor and the haproxy processes it runs.
+            roles[actor["Pid"]] = "proxy"
+            roles.update(dict.fromkeys(child_pids(actor["Pid"]), "proxy"))
         elif cls == "ServeController":
             roles[actor["Pid"]] = "controller"
         elif cls.startswith("ServeReplica:"):
@@ -707,6 +739,7 @@ def main(argv=None) -> int:
             from ray import serve
 
             args.metrics_port = start_ray(args, model_dir)
+            results["environment"] = ray_environment()
             try:
                 # One event loop for every served phase: Serve's handle routers bind to the loop
                 # they are first used on (RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0).

