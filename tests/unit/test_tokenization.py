@@ -55,6 +55,22 @@ def test_long_passage_is_truncated_to_max_length(encoder):
     assert encoded.lengths.tolist() == [512]
 
 
+def test_truncation_and_padding_set_on_the_tokenizer_do_not_apply(encoder, tiny_model_dir):
+    # tokenizer.json may carry both (many hub models do), and a transformers call with
+    # truncation=True leaves it set on the shared Rust tokenizer: the encoder must still see every
+    # token of a passage, to cut it (or chunk it) itself.
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    tokenizer.backend_tokenizer.enable_truncation(16)
+    tokenizer.backend_tokenizer.enable_padding(length=600)
+    own = PairEncoder(tokenizer, max_length=512, max_query_tokens=256)
+    tokenizer.backend_tokenizer.enable_truncation(8)  # set again after the encoder was made
+    for request in (PairRequest(queries=["the lazy dog"], passages=[LONG_PASSAGE, "paris"]),
+                    PairRequest(queries=["the lazy dog"], passages=[LONG_PASSAGE], chunk=True, max_chunks=4)):
+        got, expected = own.encode_request(request), encoder.encode_request(request)
+        assert got.lengths.tolist() == expected.lengths.tolist() and got.lengths[0] == 512
+        assert got.input_ids.tolist() == expected.input_ids.tolist()
+
+
 def test_empty_passage_is_an_empty_second_segment(encoder, auto_tokenizer, tiny_tokenizer):
     query = "what is the capital of france"
     q_ids = tiny_tokenizer(query, add_special_tokens=False)["input_ids"]
