@@ -24,7 +24,7 @@ class PairEncoder:
             )
         self.tokenizer = tokenizer
         # The fast tokenizer's Rust tokenizer. Its encode_batch_fast skips the character offsets that
-        # a transformers call computes and nothing here reads (benchmarks/tokenizer_bench.py: 0.65-0.81x
+        # a transformers call computes and nothing here reads (benchmarks/tokenizer_bench.py: 0.65-0.82x
         # the CPU per request).
         self._rust = tokenizer.backend_tokenizer
         self.max_length = max_length

@@ -6,7 +6,8 @@ backend standing in for the device. With `RAY_SERVE_ENABLE_HA_PROXY=1` HAProxy, 
 proxy, answers the HTTP port and hands each request to an ingress replica's own HTTP server. Scores
 over HTTP equal the in-process scorer's, also when concurrent requests share tokenizer and scorer
 calls; the stage CPU counters that benchmarks/gpu_serving_bench.py subtracts reach /metrics; a bad
-request gets the service's JSON error; TEI's gRPC Rerank answers on the gRPC port; and Ctrl-C stops every process, HAProxy among them.
+request gets the service's JSON error; TEI's gRPC Rerank answers on the gRPC port; and Ctrl-C stops
+every process, HAProxy among them.
 """
 
 from __future__ import annotations
@@ -95,8 +96,7 @@ def test_readme_gpu_command_serves_through_haproxy_and_stops_on_ctrl_c(tiny_mode
     config = yaml.safe_load((REPO_ROOT / "serve_config.gpu.yaml").read_text())
     port = free_port()
     config["http_options"].update(host="127.0.0.1", port=port)
-    if config.get("grpc_options"):
-        config["grpc_options"]["port"] = free_port()
+    config["grpc_options"]["port"] = free_port()
     config_path = tmp_path / "serve_config.gpu.yaml"
     config_path.write_text(yaml.safe_dump(config))
     process = subprocess.Popen(
