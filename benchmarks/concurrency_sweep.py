@@ -26,7 +26,6 @@ import json
 import os
 import random
 import re
-import shlex
 import signal
 import statistics
 import subprocess
@@ -40,6 +39,7 @@ from bench_env import BENCH_DIR as HERE
 from bench_env import REPO_ROOT
 
 from load import client_session, free_port, percentile, sample_processes
+from readme_commands import readme_run_command  # tests/, on sys.path through bench_env
 
 PASSAGES = 50
 MIN_PAIR_TOKENS, MAX_PAIR_TOKENS = 80, 219
@@ -96,15 +96,6 @@ class App:
             return []
 
 
-def readme_run_command() -> tuple[dict, list[str]]:
-    """The environment and argv of README.md's (CPU) Run command: the part after `install.sh &&`."""
-    readme = (REPO_ROOT / "README.md").read_text()
-    [line] = [line for line in readme.splitlines() if line.startswith("bash scripts/install.sh && ") and line.endswith(" serve_config.yaml")]
-    words = shlex.split(line.split("&&", 1)[1])
-    assignment = re.compile(r"[A-Z_]+=.*")
-    return dict(w.split("=", 1) for w in words if assignment.fullmatch(w)), [w for w in words if not assignment.fullmatch(w)]
-
-
 def start_app(model_dir: str, onnx_cache_dir: str, work_dir: Path) -> App:
     """README's Run command, with its config file replaced by a copy on free ports."""
     import yaml
@@ -116,10 +107,14 @@ def start_app(model_dir: str, onnx_cache_dir: str, work_dir: Path) -> App:
         config["grpc_options"]["port"] = free_port()
     config_path = work_dir / "serve_config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    run_env, argv = readme_run_command()
-    if argv[-1] != "serve_config.yaml":
-        raise SystemExit(f"README's Run command does not end with serve_config.yaml: {argv}")
-    env = {**os.environ, **run_env, "RERANKER_MODEL": model_dir, "RERANKER_ONNX_CACHE_DIR": onnx_cache_dir,
+    command = readme_run_command("serve_config.yaml")
+    if command is None:
+        raise SystemExit("README.md has no Run command that ends with serve_config.yaml")
+    run_env, argv = command
+    # scorer_bench sets TOKENIZERS_PARALLELISM=false for this process's own tokenization; the app
+    # tokenizes as the README's command starts it.
+    base_env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM" or k in run_env}
+    env = {**base_env, **run_env, "RERANKER_MODEL": model_dir, "RERANKER_ONNX_CACHE_DIR": onnx_cache_dir,
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     log_path = work_dir / "serve_run.log"
     print("starting:", " ".join(f"{k}={v}" for k, v in run_env.items()), *argv[:-1], config_path, flush=True)

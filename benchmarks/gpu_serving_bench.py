@@ -22,7 +22,9 @@ machine's Ray advertise N GPUs, so a config that asks for GPUs deploys with the 
 The local Ray starts in the environment of README.md's Run command for --config (for
 serve_config.gpu.yaml: HAProxy in front of the ingress replicas, RAY_SERVE_ENABLE_HA_PROXY=1);
 variables set before the run win, e.g. RAY_SERVE_ENABLE_HA_PROXY=0 for Serve's Python proxy. The
-proxy's CPU is the Python proxy's, or HAProxy's and its manager actor's.
+proxy's CPU is the Python proxy's, or HAProxy's and its manager actor's. One difference from the
+README's command: the served tokenizers run single-threaded (TOKENIZERS_PARALLELISM=false), so that
+the tokenization stage's thread CPU is all of tokenization (see start_ray).
 
 "Serve-side CPU" is what the proxy, ingress, tokenizer and scorer processes spend per request,
 less the tokenizer's tokenization and the scorer's forward (their threads' CPU, from the
@@ -171,8 +173,15 @@ def start_ray(args, model_dir: Path) -> int:
     import ray
 
     command = readme_run_command(args.config)
-    for name, value in (command[0] if command else {}).items():
+    readme_env = command[0] if command else {}
+    for name, value in readme_env.items():
         os.environ.setdefault(name, value)
+    # The one difference from the README's command: the served tokenizers run single-threaded, as in
+    # every run of RESULTS section 7. reranker_stage_cpu_seconds counts the CPU of the thread that ran
+    # a stage, and the README's app tokenizes on the Rust tokenizer's own thread pool, which that
+    # thread is not: the "Serve-side" CPU would then keep the tokenization it subtracts (measured:
+    # 1.3 ms of "tokenization" per request instead of 20-30).
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     os.environ["RERANKER_MODEL"] = str(model_dir)
     os.environ["RERANKER_BACKEND"] = args.backend
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
