@@ -128,8 +128,8 @@ def test_readme_gpu_command_serves_through_haproxy_and_stops_on_ctrl_c(tiny_mode
             assert answer.headers.get("x-request-id") == "gpu-run-1", answer.headers
             np.testing.assert_array_equal(raw_scores(answer, len(MULTILINGUAL_TEXTS)),
                                           ours.score(QUERY, MULTILINGUAL_TEXTS)[1].raw.astype(np.float64))
-            [scorer] = client.get("/info").json()["scorers"]
-            assert (scorer["backend"], scorer["max_batch_tokens"]) == ("simulated-gpu", 32768)
+            scorers = client.get("/info").json()["scorers"]  # replicas_per_gpu.scorer on the one GPU
+            assert scorers and all((s["backend"], s["max_batch_tokens"]) == ("simulated-gpu", 32768) for s in scorers), scorers
             bad = client.post("/rerank", json={"query": QUERY})
             assert bad.status_code == 422 and bad.json()["error_type"] == "validation", bad.text
             http_ranks = [(item["index"], float(np.float32(item["score"]))) for item in

@@ -22,7 +22,7 @@ REMOVED = object()
 # (path, value or REMOVED): the only differences between serve_config.yaml and serve_config.gpu.yaml.
 # README.md ("Run on GPUs") has one row per path.
 GPU_DIFFERENCES = [
-    ("applications[reranker].args.replicas_per_gpu", {"ingress": 2, "tokenizer": 6, "scorer": 1}),
+    ("applications[reranker].args.replicas_per_gpu", {"ingress": 2, "tokenizer": 6, "scorer": 2}),
     ("applications[reranker].args.handle_calls_in_flight", 2),
     ("applications[reranker].deployments[Ingress].autoscaling_config", REMOVED),
     ("applications[reranker].deployments[Ingress].max_ongoing_requests", 32),
