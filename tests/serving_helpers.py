@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +24,47 @@ def process_tree(pid: int) -> list:
         return [root, *root.children(recursive=True)]
     except psutil.Error:
         return []
+
+
+def wait_until_ready(process, url: str, timeout_s: float, log_path: Path) -> None:
+    """Polls url + "/ready" until 200 while `process` (a Run command) lives; fails with its log's tail."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    ready = None
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            ready = httpx.get(url + "/ready", timeout=5)
+            if ready.status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"{url} not ready (last: {getattr(ready, 'status_code', None)}):\n{log_path.read_text()[-3000:]}")
+
+
+def ctrl_c_stops_every_process(process, wait_s: float) -> None:
+    """Ctrl-C (SIGINT) to a Run command: it exits within wait_s and every process it started is gone."""
+    import psutil
+
+    started = process_tree(process.pid)
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=wait_s)
+    gone, alive = psutil.wait_procs(started, timeout=30)
+    assert not alive, [" ".join(p.cmdline()) for p in alive]
+
+
+def kill_process_tree(process, started: list) -> None:
+    """Cleanup after a Run command's test: kills what is left of it (or of `started`, once it is gone)."""
+    import psutil
+
+    for leftover in process_tree(process.pid) or started:
+        try:
+            leftover.kill()
+        except psutil.Error:
+            pass
+    if process.poll() is None:
+        process.kill()
 
 
 def small_app(

@@ -13,10 +13,8 @@ every process, HAProxy among them.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -27,7 +25,15 @@ import yaml
 from conftest import MULTILINGUAL_TEXTS, QUERY, REPO_ROOT, free_port
 from readme_commands import readme_run_command
 from reference import Ours
-from serving_helpers import metric_samples, metric_sum, poll, process_tree
+from serving_helpers import (
+    ctrl_c_stops_every_process,
+    kill_process_tree,
+    metric_samples,
+    metric_sum,
+    poll,
+    process_tree,
+    wait_until_ready,
+)
 
 from reranker.proto import tei_pb2, tei_pb2_grpc
 
@@ -86,7 +92,6 @@ def calls_carrying_several_parts(base: str):
 
 @pytest.mark.timeout(420)
 def test_readme_gpu_command_serves_through_haproxy_and_stops_on_ctrl_c(tiny_model_dir, tmp_path):
-    import psutil
 
     command = readme_run_command("serve_config.gpu.yaml")
     assert command, "README.md has no Run command for serve_config.gpu.yaml"
@@ -107,17 +112,7 @@ def test_readme_gpu_command_serves_through_haproxy_and_stops_on_ctrl_c(tiny_mode
     base = f"http://127.0.0.1:{port}"
     started: list = []
     try:
-        deadline = time.monotonic() + 240
-        ready = None
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                ready = httpx.get(base + "/ready", timeout=5)
-                if ready.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        assert ready is not None and ready.status_code == 200, (tmp_path / "run.log").read_text()[-3000:]
+        wait_until_ready(process, base, 240, tmp_path / "run.log")
         started = process_tree(process.pid)
         assert listeners(started, port) == ["haproxy"], [" ".join(p.cmdline()) for p in started]
 
@@ -177,15 +172,6 @@ def test_readme_gpu_command_serves_through_haproxy_and_stops_on_ctrl_c(tiny_mode
                                 application="reranker", status_code="200") >= 26, 30, "Serve's HTTP request count in /metrics")
 
         started = process_tree(process.pid)
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=150)
-        gone, alive = psutil.wait_procs(started, timeout=30)
-        assert not alive, [" ".join(p.cmdline()) for p in alive]
+        ctrl_c_stops_every_process(process, wait_s=150)
     finally:
-        for leftover in process_tree(process.pid) or started:
-            try:
-                leftover.kill()
-            except psutil.Error:
-                pass
-        if process.poll() is None:
-            process.kill()
+        kill_process_tree(process, started)

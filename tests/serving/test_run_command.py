@@ -6,17 +6,15 @@ answers; and Ctrl-C stops every process it started.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 import yaml
 from conftest import MULTILINGUAL_TEXTS, QUERY, REPO_ROOT, free_port
 from readme_commands import readme_run_command
-from serving_helpers import process_tree
+from serving_helpers import ctrl_c_stops_every_process, kill_process_tree, process_tree, wait_until_ready
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
@@ -43,17 +41,7 @@ def test_readme_run_command_serves_without_the_dashboard_and_stops_on_ctrl_c(tin
     )
     started: list = []
     try:
-        deadline = time.monotonic() + 180
-        ready = None
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5)
-                if ready.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        assert ready is not None and ready.status_code == 200, (tmp_path / "run.log").read_text()[-3000:]
+        wait_until_ready(process, f"http://127.0.0.1:{port}", 180, tmp_path / "run.log")
         answer = httpx.post(f"http://127.0.0.1:{port}/rerank", json={"query": QUERY, "texts": MULTILINGUAL_TEXTS}, timeout=30)
         assert answer.status_code == 200 and len(answer.json()) == len(MULTILINGUAL_TEXTS)
 
@@ -69,15 +57,6 @@ def test_readme_run_command_serves_without_the_dashboard_and_stops_on_ctrl_c(tin
         # `serve run` alone would also start nine dashboard modules, a forkserver and a resource tracker.
         assert not [c for c in commands if "ray-dashboard-" in c or "forkserver" in c], commands
 
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=90)
-        gone, alive = psutil.wait_procs(started, timeout=30)
-        assert not alive, [" ".join(p.cmdline()) for p in alive]
+        ctrl_c_stops_every_process(process, wait_s=90)
     finally:
-        for leftover in process_tree(process.pid) or started:
-            try:
-                leftover.kill()
-            except psutil.Error:
-                pass
-        if process.poll() is None:
-            process.kill()
+        kill_process_tree(process, started)
