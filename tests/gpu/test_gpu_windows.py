@@ -50,3 +50,23 @@ def test_each_fetch_returns_its_own_batch_while_later_ones_run(tiny_model_dir):
     for got, expected in zip(rest, alone[1:]):
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-3)
     assert all(logits.dtype == np.float32 for logits in rest)
+
+
+def test_a_launch_does_not_wait_for_the_work_queued_before_it(tiny_model_dir):
+    """No read-back in `launch`: torch's sync debug mode raises on one, and the launch returns while
+    a second of GPU work queued before it on the same stream is still running."""
+    backend = TorchBackend(str(tiny_model_dir), None, "cuda", torch.float16)
+    assert backend.prepared_mask
+    batch = batches(tiny_model_dir, backend.pad_token_id)[0]
+    expected = backend.fetch([backend.launch(*batch)])[0]
+    torch.cuda.synchronize()
+    torch.cuda._sleep(2_000_000_000)  # GPU clock cycles: about a second on an H100/H200
+    queued_before = torch.cuda.Event()
+    queued_before.record()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        launched = backend.launch(*batch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert not queued_before.query()
+    np.testing.assert_allclose(backend.fetch([launched])[0], expected, rtol=0, atol=1e-3)
