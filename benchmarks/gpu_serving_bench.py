@@ -569,6 +569,8 @@ async def http_phases(args, url: str, requests, expected, app: str, scorer_repli
     connector = aiohttp.TCPConnector(limit=max(args.clients, args.overload_clients) + 8)
     async with aiohttp.ClientSession(base_url=url, connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as client:
         await wait_ready(client, args.ready_timeout_s)
+        async with client.get("/info") as response:
+            info = await response.json()  # the scorers' describe(): backend, dtype, cuda_graphs, capture time
         roles = serve_processes(app)
         low = Answers()
         for index in range(args.low_load_requests):
@@ -609,6 +611,7 @@ async def http_phases(args, url: str, requests, expected, app: str, scorer_repli
         # The simulated device's own busy time: a + b x padded tokens per forward batch, per replica.
         busy = 100 * scorer_replicas_gpu_s(batches, padded) / (elapsed * max(scorers, 1))
     result = {
+        "info": info,
         "clients": args.clients,
         "pairs_per_s": answers.pairs / elapsed,
         "requests_per_s": ok / elapsed,

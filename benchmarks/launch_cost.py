@@ -14,12 +14,15 @@ of a forward without the profiler. Minimum over many runs (other processes share
 
 With `--device cuda` it also builds the full-size model in float16 on the GPU and measures, per
 padded-token count, the time `forward` takes to return (the real launch cost) and the time to
-the synchronized result, then fits GPU seconds = a + b x padded tokens.
+the synchronized result, then fits GPU seconds = a + b x padded tokens; then the same shapes
+replayed as CUDA graphs (the `cuda_graphs` setting), launch and total.
 
 Run:  python benchmarks/launch_cost.py [--device cpu|cuda] [--runs 300] [--json out.json]
 """
 
 from __future__ import annotations
+
+import bench_env  # noqa: F401  (first: puts the repository root on sys.path)
 
 import argparse
 import json
@@ -130,10 +133,45 @@ def gpu_costs(token_counts: list[int], runs: int) -> dict:
                     totals.append(done - started)
         rows.append({"padded_tokens": batch["input_ids"].numel(), "launch_ms": statistics.median(launches) * 1e3,
                      "total_ms": statistics.median(totals) * 1e3})
+    rows += graph_rows(model, token_counts, width, runs)
+    rows, graphed = [r for r in rows if not r.get("graph")], [r for r in rows if r.get("graph")]
     # GPU-bound rows (the result arrives well after the launch returned) fit a + b x tokens.
     bound = [r for r in rows if r["total_ms"] > 1.5 * r["launch_ms"]] or rows
     b, a = np.polyfit([r["padded_tokens"] for r in bound], [r["total_ms"] for r in bound], 1) if len(bound) > 1 else (0.0, bound[0]["total_ms"])
-    return {"rows": rows, "gpu_fixed_ms": float(a), "gpu_us_per_token": float(b) * 1e3, "device": torch.cuda.get_device_name()}
+    return {"rows": rows, "graph_rows": graphed, "gpu_fixed_ms": float(a), "gpu_us_per_token": float(b) * 1e3,
+            "device": torch.cuda.get_device_name()}
+
+
+def graph_rows(model, token_counts: list[int], width: int, runs: int) -> list[dict]:
+    """The same shapes replayed as CUDA graphs (reranker/backends/cuda_graphs.py): launch and total ms."""
+    import numpy as np
+    import torch
+
+    from reranker.backends.cuda_graphs import CapturedForwards
+
+    def forward(block):
+        block = block.long()
+        return model(input_ids=block[0], attention_mask=block[1].bool()[:, None, None, :], token_type_ids=block[2]).logits.float()
+
+    shapes = [(max(tokens // width, 1), width) for tokens in token_counts]
+    graphs = CapturedForwards(forward, shapes, pad_token_id=0)
+    rows = []
+    for pairs, _ in shapes:
+        ids = np.random.default_rng(0).integers(1, 100, (pairs, width)).astype(np.int32)
+        launches, totals = [], []
+        for attempt in range(runs + 3):
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            _, ready = graphs.launch(ids, np.ones_like(ids), np.zeros_like(ids))
+            launched = time.perf_counter()
+            ready.synchronize()
+            done = time.perf_counter()
+            if attempt >= 3:
+                launches.append(launched - started)
+                totals.append(done - started)
+        rows.append({"graph": True, "padded_tokens": ids.size, "launch_ms": statistics.median(launches) * 1e3,
+                     "total_ms": statistics.median(totals) * 1e3})
+    return rows
 
 
 def main(argv=None) -> int:

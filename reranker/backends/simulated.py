@@ -13,6 +13,17 @@ CPU machine. Per forward batch:
   never before the launch has ended (the last kernel is queued then).
 - `fetch` sleeps until the device is done (the GIL is free meanwhile, as in a CUDA synchronize)
   and returns the logits.
+- With CUDA graphs (`capture_graphs`, the `cuda_graphs` setting) a launch that fits a captured
+  shape costs GRAPH_LAUNCH_TORCH_CALLS calls (pin, copy, replay, copy back, event) and the device
+  runs the captured shape's padded tokens; a batch that fits none launches eagerly.
+- `SIMULATED_GPU_LAUNCH_MS` (benchmarks only) sets the CPU time of one eager launch instead of
+  this machine's CPU-path figure below: on the H200 host `benchmarks/launch_cost.py --device cuda`
+  measured 5.6-8.2 ms per forward to return (RESULTS 7.8), where its CPU path took 2.7 ms.
+- With `read_back_at_launch` (benchmarks only: `SIMULATED_GPU_READ_BACK_AT_LAUNCH=1`), a launch
+  waits, after the embeddings' calls, until the device has finished everything queued before it,
+  as transformers' `padding_mask.all()` made the torch backend do before it passed a prepared 4D
+  mask (reranker/backends/torch.py). The wait releases the GIL and sleeps; CUDA's spin-wait
+  would also burn a core.
 
 Logits are a hash of each pair's token ids, types and positions under its attention mask, so a
 pair scores the same in any batch, at any padding, in any process: tests compare scores over
@@ -37,6 +48,7 @@ from typing import Optional
 
 import numpy as np
 
+from reranker.backends.cuda_graphs import ShapeTable, pad_to_shape
 from reranker.model_files import read_model_config
 from reranker.relevance import relevance_head
 
@@ -48,10 +60,17 @@ from reranker.relevance import relevance_head
 LAUNCH_TORCH_CALLS = 600
 LAUNCH_PYTHON_S_PER_CALL = 1.0e-6
 LAUNCH_NATIVE_S_PER_CALL = 6.05e-6
+# GIL-held Python of the loop around each simulated call (the comment above).
+LAUNCH_LOOP_S_PER_CALL = 1.5e-6
+LAUNCH_MS_ENV = "SIMULATED_GPU_LAUNCH_MS"
 # H200, float16 mBERT, pre-encoded pairs (benchmarks/gpu/h200_gpu_results.md and issue 13):
 # about 3 ms for 6,300 padded tokens, about 16 ms for 32,768 and 32 ms for 65,536.
 GPU_FIXED_S = 0.0002
 GPU_S_PER_TOKEN = 0.48e-6
+GRAPH_LAUNCH_TORCH_CALLS = 5
+# transformers builds the attention mask after the embeddings (about 10 of the 600 calls).
+READ_BACK_AFTER_CALLS = 10
+READ_BACK_ENV = "SIMULATED_GPU_READ_BACK_AT_LAUNCH"
 
 # One odd 64-bit multiplier per position (fixed seed), for the pair hash in simulated_logits.
 _POSITION_MULTIPLIERS = np.random.default_rng(13).integers(1, 2**63, size=4096, dtype=np.uint64) | np.uint64(1)
@@ -94,6 +113,18 @@ class DeviceTimeline:
         self._free_at = 0.0
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600) if path else None
 
+    def free_at(self) -> float:
+        """When the device finishes the work queued so far."""
+        with self._lock:
+            if self._fd is None:
+                return self._free_at
+            fcntl.flock(self._fd, fcntl.LOCK_SH)
+            try:
+                raw = os.pread(self._fd, 8, 0)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            return struct.unpack("d", raw)[0] if len(raw) == 8 else 0.0
+
     def reserve(self, start_s: float, busy_s: float, not_before_s: float) -> float:
         """Queues `busy_s` of device time after `start_s` and the previous work; returns when it ends."""
         with self._lock:
@@ -119,6 +150,14 @@ def shared_device_path() -> Optional[str]:
     return f"/dev/shm/reranker-simulated-gpu-{visible.split(',')[0]}-uid{os.getuid()}"
 
 
+def launch_calibration(launch_ms: Optional[str]) -> dict:
+    """Constructor arguments for an eager launch of `launch_ms` milliseconds of CPU; none when unset."""
+    if not launch_ms:
+        return {}
+    per_call_s = float(launch_ms) / 1e3 / LAUNCH_TORCH_CALLS
+    return {"launch_native_s_per_call": max(per_call_s - LAUNCH_PYTHON_S_PER_CALL - LAUNCH_LOOP_S_PER_CALL, 0.0)}
+
+
 @dataclass
 class SimulatedBatch:
     """One launched batch: its logits and when the simulated device finishes it (perf_counter)."""
@@ -137,7 +176,13 @@ class SimulatedGpuBackend:
     def load(cls, settings, device: str, dtype) -> "SimulatedGpuBackend":
         config = read_model_config(settings.model, settings.revision)
         head = relevance_head(config, settings.relevant_label)
-        return cls(num_labels=head.num_labels, pad_token_id=config.get("pad_token_id") or 0, device_path=shared_device_path())
+        return cls(
+            num_labels=head.num_labels,
+            pad_token_id=config.get("pad_token_id") or 0,
+            device_path=shared_device_path(),
+            read_back_at_launch=os.environ.get(READ_BACK_ENV, "") == "1",
+            **launch_calibration(os.environ.get(LAUNCH_MS_ENV)),
+        )
 
     def __init__(
         self,
@@ -149,6 +194,7 @@ class SimulatedGpuBackend:
         gpu_fixed_s: float = GPU_FIXED_S,
         gpu_s_per_token: float = GPU_S_PER_TOKEN,
         device_path: Optional[str] = None,
+        read_back_at_launch: bool = False,
     ):
         self.num_labels = num_labels
         self.pad_token_id = pad_token_id
@@ -156,6 +202,8 @@ class SimulatedGpuBackend:
         self.launch_python_s_per_call = launch_python_s_per_call
         self.gpu_fixed_s = gpu_fixed_s
         self.gpu_s_per_token = gpu_s_per_token
+        self.read_back_at_launch = read_back_at_launch
+        self.graph_table: Optional[ShapeTable] = None
         # One timeline per device: the health check's warm-up may launch beside a batch, and
         # scorers sharing a GPU share its time.
         self.timeline = DeviceTimeline(device_path)
@@ -172,20 +220,35 @@ class SimulatedGpuBackend:
             best = min(best, time.perf_counter() - started)
         return len(block) / max(best, 1e-9)
 
+    def capture_graphs(self, shapes: list[tuple[int, int]]) -> float:
+        """Launches that fit one of `shapes` cost a graph replay from now on; nothing to capture here."""
+        self.graph_table = ShapeTable(shapes)
+        return 0.0
+
     def gpu_seconds(self, padded_tokens: int) -> float:
         """Simulated device time of one forward batch."""
         return self.gpu_fixed_s + self.gpu_s_per_token * padded_tokens
 
     def launch(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> SimulatedBatch:
         """The eager forward's CPU work (GIL held, then released, per torch call); queues the device time."""
-        started = time.perf_counter()
-        for _ in range(self.launch_torch_calls):
+        started = device_from = time.perf_counter()
+        calls, padded_tokens, read_back = self.launch_torch_calls, int(input_ids.size), self.read_back_at_launch
+        shape = self.graph_table.fit(*input_ids.shape) if self.graph_table is not None else None
+        if shape is not None:
+            calls, padded_tokens, read_back = GRAPH_LAUNCH_TORCH_CALLS, shape[0] * shape[1], False
+            pad_to_shape(input_ids, attention_mask, token_type_ids, shape, self.pad_token_id)  # the host work of a replay
+        for call in range(calls):
+            if read_back and call == READ_BACK_AFTER_CALLS:
+                wait_s = self.timeline.free_at() - time.perf_counter()
+                if wait_s > 0:
+                    time.sleep(wait_s)
+                device_from = time.perf_counter()
             python_until = time.perf_counter() + self.launch_python_s_per_call
             while time.perf_counter() < python_until:  # Python bytecode: holds the GIL
                 pass
             hashlib.sha256(self._native_block).digest()  # native work without the GIL
         logits = simulated_logits(input_ids, attention_mask, token_type_ids, self.num_labels)
-        done_at = self.timeline.reserve(started, self.gpu_seconds(int(input_ids.size)), time.perf_counter())
+        done_at = self.timeline.reserve(device_from if read_back else started, self.gpu_seconds(padded_tokens), time.perf_counter())
         return SimulatedBatch(logits, done_at)
 
     @staticmethod

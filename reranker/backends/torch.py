@@ -58,6 +58,20 @@ class TorchBackend:
         self.accepts_token_type_ids = "token_type_ids" in inspect.signature(self.model.forward).parameters
         self.prepared_mask = False
         self.prepared_mask = self.prepared_mask_matches()
+        self.graphs = None
+
+    def capture_graphs(self, shapes: list[tuple[int, int]]) -> float:
+        """Captures the forward as a CUDA graph per (rows, width) (reranker/backends/cuda_graphs.py); seconds taken."""
+        from reranker.backends.cuda_graphs import CapturedForwards
+
+        def forward(block: torch.Tensor) -> torch.Tensor:
+            return self.model(**self.model_inputs(block.long(), self.prepared_mask)).logits.float()
+
+        try:
+            self.graphs = CapturedForwards(forward, shapes, self.pad_token_id, self.device)
+        except Exception as exc:  # a model or library version whose forward cannot be captured
+            raise ModelLoadError(f"capturing the forward as CUDA graphs failed ({exc}); set cuda_graphs: false") from exc
+        return self.graphs.capture_seconds
 
     def prepared_mask_matches(self) -> bool:
         """Whether the model scores a padded batch the same with the 4D mask as with the 2D one."""
@@ -98,6 +112,10 @@ class TorchBackend:
         is queued behind the forward, with an event after it: `fetch` waits for that event only,
         never for batches launched later (by another thread) on the same stream.
         """
+        if self.graphs is not None:
+            replayed = self.graphs.launch(input_ids, attention_mask, token_type_ids)
+            if replayed is not None:
+                return LaunchedForward(*replayed)
         block = self.device_block(input_ids, attention_mask, token_type_ids)
         logits = self.model(**self.model_inputs(block, self.prepared_mask)).logits.float()
         if self.device != "cuda":

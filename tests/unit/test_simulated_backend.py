@@ -74,6 +74,19 @@ def test_launch_queues_device_time_and_fetch_waits_for_it():
     assert backend.fetch([]) == []
 
 
+@pytest.mark.parametrize("read_back", [False, True])
+def test_a_read_back_at_launch_waits_for_the_work_queued_before(read_back):
+    """Benchmarks only: the launch as it was with transformers' mask check, which waited for the device."""
+    calls = dict(FAST, launch_torch_calls=12)  # past the read-back, after the embeddings' calls
+    backend = SimulatedGpuBackend(gpu_fixed_s=0.2, gpu_s_per_token=0.0, read_back_at_launch=read_back, **calls)
+    first = backend.launch(*padded([[101, 5, 102]], 3))
+    second = backend.launch(*padded([[101, 6, 102]], 3))
+    returned = time.perf_counter()
+    assert (returned >= first.done_at) is read_back
+    # Either way the device runs the two batches one after the other.
+    assert second.done_at >= first.done_at + 0.2 - 1e-9
+
+
 def test_fetch_releases_the_gil_while_waiting(monkeypatch):
     """The wait is a sleep (GIL released, like a CUDA synchronize), never a busy loop."""
     import reranker.backends.simulated as simulated
