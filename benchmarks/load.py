@@ -27,7 +27,6 @@ import copy
 import json
 import os
 import random
-import socket
 import sys
 import tempfile
 import threading
@@ -41,6 +40,7 @@ import httpx
 
 from bench_env import BENCH_DIR as HERE
 from bench_env import REPO_ROOT
+from ports import free_port  # tests/ports.py (tests/ is on sys.path through bench_env)
 DEPLOYMENTS = ("Ingress", "Tokenizer", "Scorer")
 
 # Multilingual workload: queries and sentences across scripts; passages are 1-4 sentences (~20-120 tokens).
@@ -134,12 +134,6 @@ class Recorder:
 
 
 # ----- the service ----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def fast_autoscaling_config(base: dict, upscale_delay_s: float, downscale_delay_s: float) -> dict:

@@ -15,24 +15,18 @@ import argparse
 import asyncio
 import copy
 import os
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench_env import REPO_ROOT
+from ports import free_port  # tests/ports.py (tests/ is on sys.path through bench_env)
 
 import numpy as np
 import yaml
 
 from scorer_bench import make_workloads, project_scorer, save_random_mbert
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def requests_for(workload: str, count: int) -> list:

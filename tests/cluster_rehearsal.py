@@ -50,7 +50,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -60,6 +59,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+from ports import free_port
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
@@ -188,12 +189,6 @@ def deployment_of(config: dict, name: str) -> dict:
 
 
 # ----- processes ----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def temp_dir_prefix(marker: str) -> str:

@@ -42,16 +42,11 @@ def tiny_model_dir_1label(tmp_path_factory) -> Path:
 # ----- real Ray Serve, once per session ---------------------------------------------------------
 
 import copy  # noqa: E402
-import socket  # noqa: E402
 import time  # noqa: E402
 
 import yaml  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from ports import free_port  # noqa: E402
 
 
 def load_serve_config() -> dict:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,8 @@ import urllib.parse
 import urllib.request
 from typing import Any, Dict, List, Optional
 
+from ports import free_port
+
 
 def find_prometheus() -> Optional[str]:
     """Path of the ``prometheus`` binary ($PROMETHEUS_BIN, then $PATH), or None."""
@@ -31,12 +32,6 @@ def find_prometheus() -> Optional[str]:
     if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
         return candidate
     return None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 class PrometheusError(RuntimeError):

@@ -22,7 +22,8 @@ import httpx
 import numpy as np
 import pytest
 import yaml
-from conftest import MULTILINGUAL_TEXTS, QUERY, REPO_ROOT, free_port
+from conftest import MULTILINGUAL_TEXTS, QUERY, REPO_ROOT
+from ports import free_port
 from readme_commands import readme_run_command
 from reference import Ours
 from serving_helpers import (

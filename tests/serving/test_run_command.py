@@ -12,7 +12,8 @@ import sys
 import httpx
 import pytest
 import yaml
-from conftest import MULTILINGUAL_TEXTS, QUERY, REPO_ROOT, free_port
+from conftest import MULTILINGUAL_TEXTS, QUERY, REPO_ROOT
+from ports import free_port
 from readme_commands import readme_run_command
 from serving_helpers import ctrl_c_stops_every_process, kill_process_tree, process_tree, wait_until_ready
 
