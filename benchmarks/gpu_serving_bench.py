@@ -304,6 +304,9 @@ def batch_stats(after: dict, before: dict) -> dict:
     return stats
 
 
+STAGES = ("validation", "tokenization", "queue_wait", "inference", "response")
+
+
 def stage_mean(after: dict, before: dict, stage: str) -> dict:
     """A stage's observations between two metric_totals and their mean in ms (a bucket estimate)."""
     count = delta(after, before, f"ray_reranker_stage_duration_seconds_count{{{stage}}}")
@@ -573,10 +576,15 @@ async def http_phases(args, url: str, requests, expected, app: str, scorer_repli
             info = await response.json()  # the scorers' describe(): backend, dtype, cuda_graphs, capture time
         roles = serve_processes(app)
         low = Answers()
+        low_before = await read_metrics(client)
         for index in range(args.low_load_requests):
             await post(client, requests, expected, index, low)
+        low_after = await read_metrics(client)
+        # Where a lone request's time goes (bucket estimates: Ray exports histogram sums from bucket midpoints).
+        low_stages = {stage: stage_mean(low_after, low_before, stage)["mean_ms"] for stage in STAGES}
         print(f"low load 1 x 50: p50 {percentile_ms(low.latencies, 50):.1f} ms, "
-              f"p99 {percentile_ms(low.latencies, 99):.1f} ms", flush=True)
+              f"p99 {percentile_ms(low.latencies, 99):.1f} ms; stages (mean ms, bucket estimates) "
+              + ", ".join(f"{stage} {ms:.1f}" for stage, ms in low_stages.items() if ms is not None), flush=True)
 
         await closed_loop(client, requests, expected, args.clients, args.http_warmup_s)
         roles = serve_processes(app)  # replicas the warm-up may have added
@@ -600,8 +608,7 @@ async def http_phases(args, url: str, requests, expected, app: str, scorer_repli
     tokenization_ms = delta(metrics_after, metrics_before, "ray_reranker_stage_cpu_seconds_total{tokenization}") * 1000 / max(ok, 1)
     inference_ms = delta(metrics_after, metrics_before, "ray_reranker_stage_cpu_seconds_total{inference}") * 1000 / max(ok, 1)
     serve_side = sum(per_request.get(role, 0.0) for role in ("proxy", *DEPLOYMENTS)) - tokenization_ms - inference_ms
-    stages = {stage: stage_mean(metrics_after, metrics_before, stage)
-              for stage in ("validation", "tokenization", "queue_wait", "inference", "response")}
+    stages = {stage: stage_mean(metrics_after, metrics_before, stage) for stage in STAGES}
     forward = batch_stats(metrics_after, metrics_before)
     batches = forward["forward_batches"]
     padded = delta(metrics_after, metrics_before, "ray_reranker_padded_tokens_total")
@@ -619,6 +626,7 @@ async def http_phases(args, url: str, requests, expected, app: str, scorer_repli
         "p50_ms_at_load": percentile_ms(answers.latencies, 50),
         "low_load_p50_ms": percentile_ms(low.latencies, 50),
         "low_load_p99_ms": percentile_ms(low.latencies, 99),
+        "low_load_stage_mean_ms": low_stages,
         "scores": {"max_abs_diff": max(answers.max_abs_diff, low.max_abs_diff),
                    "requests_with_a_difference": answers.mismatched + low.mismatched,
                    "requests_checked": answers.statuses.get(200, 0) + low.statuses.get(200, 0)},

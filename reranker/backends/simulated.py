@@ -67,6 +67,7 @@ LAUNCH_MS_ENV = "SIMULATED_GPU_LAUNCH_MS"
 # about 3 ms for 6,300 padded tokens, about 16 ms for 32,768 and 32 ms for 65,536.
 GPU_FIXED_S = 0.0002
 GPU_S_PER_TOKEN = 0.48e-6
+# A graph launch: pin the block, copy it over, replay, copy the logits back, record an event.
 GRAPH_LAUNCH_TORCH_CALLS = 5
 # transformers builds the attention mask after the embeddings (about 10 of the 600 calls).
 READ_BACK_AFTER_CALLS = 10
