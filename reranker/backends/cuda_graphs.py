@@ -19,7 +19,8 @@ happens under one lock, on the caller's stream, with its logits copied out behin
 stream before any other replay can overwrite the pool. A batch that fits no graph (a budget
 raised at runtime through `user_config`) runs eagerly.
 
-`graph_shapes` and `pad_to_shape` are plain numpy and run anywhere; `CapturedForwards` needs CUDA.
+`graph_shapes` and `pad_to_shape` are plain numpy and run anywhere; `CapturedForwards` needs CUDA,
+except in a test that stands in its four CUDA calls.
 """
 
 from __future__ import annotations
@@ -91,15 +92,20 @@ class ShapeTable:
 
 @dataclass
 class Captured:
-    """One graph, the device block it reads and the logits it writes."""
+    """One graph's replay, the device block it reads and the logits it writes."""
 
-    graph: object
+    replay: Callable[[], None]
     block: object
     logits: object
 
 
 class CapturedForwards:
-    """The forward captured once per shape; `launch` replays the graph that holds a batch."""
+    """The forward captured once per shape; `launch` replays the graph that holds a batch.
+
+    The CUDA calls are in the four methods below `launch`, so a test can stand them in on a CPU
+    (tests/unit/test_cuda_graphs.py) and run the rest (shape choice, capture order, padding, static
+    buffers, logits read back per row) through a real model.
+    """
 
     def __init__(self, forward: Callable, shapes: list[tuple[int, int]], pad_token_id: int, device: str = "cuda"):
         """`forward(block)` maps an int32 (3, rows, width) device block to float32 (rows, labels) logits."""
@@ -107,33 +113,26 @@ class CapturedForwards:
 
         started = time.perf_counter()
         self.pad_token_id = pad_token_id
+        self.device = device
         self.table = ShapeTable(shapes)
         self.graphs: dict[tuple[int, int], Captured] = {}
         self._lock = threading.Lock()
-        pool = torch.cuda.graph_pool_handle()
         with torch.inference_mode():
-            # Lazy initialization (cuBLAS handle and workspace of the stream) happens before any
-            # capture, on the side stream the captures then use (as torch's CUDA graph notes ask).
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for shape in (min(shapes), max(shapes, key=lambda s: s[0] * s[1])):
-                    forward(self._device_block(shape, torch, device))
-            torch.cuda.synchronize()
+            self._warm_up(forward, [min(shapes), max(shapes, key=lambda s: s[0] * s[1])])
             for shape in sorted(shapes, key=lambda s: (s[0] * s[1], s), reverse=True):
-                block = self._device_block(shape, torch, device)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool, stream=side):
-                    logits = forward(block)
-                self.graphs[shape] = Captured(graph, block, logits)
-        torch.cuda.synchronize()
+                block = self._device_block(shape)
+                replay, logits = self._capture(forward, block)
+                self.graphs[shape] = Captured(replay, block, logits)
+        self._synchronize()
         self.capture_seconds = time.perf_counter() - started
         logger.info("Captured %d CUDA graphs of the forward in %.1f s", len(self.graphs), self.capture_seconds)
 
-    def _device_block(self, shape, torch, device):
+    def _device_block(self, shape):
         """A block of padding rows only (what it holds does not matter to a capture, but stays finite)."""
+        import torch
+
         none = np.zeros((0, 1), np.int32)
-        return torch.from_numpy(pad_to_shape(none, none, none, shape, self.pad_token_id)).to(device)
+        return torch.from_numpy(pad_to_shape(none, none, none, shape, self.pad_token_id)).to(self.device)
 
     def launch(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray):
         """(host logits, ready event) of the replayed graph, or None when no graph holds the batch."""
@@ -144,12 +143,51 @@ class CapturedForwards:
         if shape is None:
             return None
         captured = self.graphs[shape]
-        host = torch.from_numpy(pad_to_shape(input_ids, attention_mask, token_type_ids, shape, self.pad_token_id))
-        host = host.pin_memory()
+        host = self._pinned(torch.from_numpy(pad_to_shape(input_ids, attention_mask, token_type_ids, shape, self.pad_token_id)))
         with self._lock, torch.inference_mode():
             captured.block.copy_(host, non_blocking=True)
-            captured.graph.replay()
-            logits = captured.logits[:rows].to("cpu", non_blocking=True)
-            ready = torch.cuda.Event()
-            ready.record()
+            captured.replay()
+            logits = captured.logits[:rows].to("cpu", non_blocking=True, copy=True)  # the next replay overwrites
+            ready = self._recorded_event()
         return logits, ready
+
+    # ---- the CUDA calls ------------------------------------------------------------------------
+
+    def _warm_up(self, forward: Callable, shapes: list[tuple[int, int]]) -> None:
+        """Lazy initialization (cuBLAS handle and workspace of the stream) before any capture, on the
+        side stream the captures then use, as torch's CUDA graph notes ask."""
+        import torch
+
+        self._pool = torch.cuda.graph_pool_handle()
+        self._stream = torch.cuda.Stream()
+        self._stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self._stream):
+            for shape in shapes:
+                forward(self._device_block(shape))
+        torch.cuda.synchronize()
+
+    def _capture(self, forward: Callable, block) -> tuple[Callable[[], None], object]:
+        """(replay, logits): the forward on `block` captured as a graph in the shared pool."""
+        import torch
+
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool, stream=self._stream):
+            logits = forward(block)
+        return graph.replay, logits
+
+    def _synchronize(self) -> None:
+        import torch
+
+        torch.cuda.synchronize()
+
+    @staticmethod
+    def _pinned(host):
+        return host.pin_memory()
+
+    @staticmethod
+    def _recorded_event():
+        import torch
+
+        ready = torch.cuda.Event()
+        ready.record()
+        return ready

@@ -66,14 +66,15 @@ class TorchBackend:
         """Captures the forward as a CUDA graph per (rows, width) (reranker/backends/cuda_graphs.py); seconds taken."""
         from reranker.backends.cuda_graphs import CapturedForwards
 
-        def forward(block: torch.Tensor) -> torch.Tensor:
-            return self.model(**self.model_inputs(block.long(), self.prepared_mask)).logits.float()
-
         try:
-            self.graphs = CapturedForwards(forward, shapes, self.pad_token_id, self.device)
+            self.graphs = CapturedForwards(self.graph_forward, shapes, self.pad_token_id, self.device)
         except Exception as exc:  # a model or library version whose forward cannot be captured
             raise ModelLoadError(f"capturing the forward as CUDA graphs failed ({exc}); set cuda_graphs: false") from exc
         return self.graphs.capture_seconds
+
+    def graph_forward(self, block: torch.Tensor) -> torch.Tensor:
+        """What a graph captures: float32 logits of an int32 (3, rows, width) device block."""
+        return self.model(**self.model_inputs(block.long(), self.prepared_mask)).logits.float()
 
     def prepared_mask_matches(self) -> bool:
         """Whether the model scores a padded batch the same with the 4D mask as with the 2D one."""

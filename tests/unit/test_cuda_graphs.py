@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from reranker.backends.cuda_graphs import PARTIAL_ROWS, ShapeTable, graph_shapes, pad_to_shape, width_step
+from reranker.backends.cuda_graphs import PARTIAL_ROWS, CapturedForwards, ShapeTable, graph_shapes, pad_to_shape, width_step
 from reranker.backends.simulated import SimulatedGpuBackend
 from reranker.backends.torch import TorchBackend
 from reranker.batching import collate, plan_batches, round_up
@@ -93,3 +93,50 @@ def test_the_simulated_gpu_replays_a_graph_of_the_fitted_shape(tiny_model_dir, t
     backend.launch(*collate(encoded, np.arange(3), 32, 0))  # 3 rows, width 32: the (4, 32) graph
     backend.launch(*collate(encoded, np.arange(5), 32, 0))  # 5 rows fit no graph: eager
     assert charged == [4 * 32, 5 * collate(encoded, np.arange(5), 32, 0)[0].shape[1]]
+
+
+class CpuStandIn(CapturedForwards):
+    """CapturedForwards with its CUDA calls stood in on a CPU: a "graph" re-runs the captured
+    forward on its own block into its own logits tensor, as a replay does on the device."""
+
+    def _warm_up(self, forward, shapes):
+        for shape in shapes:
+            forward(self._device_block(shape))
+
+    def _capture(self, forward, block):
+        logits = forward(block)
+        return (lambda: logits.copy_(forward(block))), logits
+
+    def _synchronize(self):
+        pass
+
+    @staticmethod
+    def _pinned(host):
+        return host
+
+    @staticmethod
+    def _recorded_event():
+        return None
+
+
+def test_replays_read_their_batch_from_the_static_block_and_return_their_own_rows(tiny_model_dir):
+    """The capture and replay path on a CPU stand-in for the CUDA calls, through the real model."""
+    eager = TorchBackend(str(tiny_model_dir), None, "cpu", torch.float32)
+    graphed = TorchBackend(str(tiny_model_dir), None, "cpu", torch.float32)
+    shapes = graph_shapes(max_length=128, max_batch_tokens=1024, max_batch_size=16, step=32)
+    with torch.inference_mode():
+        graphed.graphs = CpuStandIn(graphed.graph_forward, shapes, graphed.pad_token_id, "cpu")
+    assert set(graphed.graphs.graphs) == set(shapes)
+    pairs = PairEncoder(load_tokenizer(str(tiny_model_dir)), 128, 64).encode(CORPUS[0], CORPUS * 2)
+    batches = [collate(pairs, np.arange(start, start + rows), 32, eager.pad_token_id)
+               for start, rows in ((0, 1), (1, 5), (6, 9), (15, 16), (0, 16))]
+    # Launched back to back before any fetch: a later replay of the same graph must not change the
+    # logits an earlier launch returned.
+    launched = [graphed.launch(*batch) for batch in batches]
+    for batch, logits in zip(batches, graphed.fetch(launched)):
+        assert graphed.graphs.table.fit(*batch[0].shape) is not None
+        np.testing.assert_allclose(logits, eager.fetch([eager.launch(*batch)])[0], rtol=1e-5, atol=1e-5)
+    beyond = collate(pairs, np.arange(20), 32, eager.pad_token_id)  # 20 rows > 16: no graph, eager
+    assert graphed.graphs.launch(*beyond) is None
+    np.testing.assert_allclose(graphed.fetch([graphed.launch(*beyond)])[0], eager.fetch([eager.launch(*beyond)])[0],
+                               rtol=1e-5, atol=1e-5)
