@@ -22,9 +22,6 @@ logger = logging.getLogger("ray.serve")
 # while the previous one runs on the GPU (a CPU backend computes inside the launch, so there it
 # changes nothing); more would only hold device memory.
 WINDOWS_IN_FLIGHT = 2
-# A batch window waits `batch_wait_timeout_s` for more parts only while another window is in
-# flight: an idle scorer (no window launched and unfinished) launches what it has at once, since
-# waiting would only leave the device idle longer (a lone request saved the timeout, 5 ms).
 
 
 @dataclass
@@ -173,7 +170,9 @@ class Scorer:
         self._set_batch_wait()
 
     def _set_batch_wait(self) -> None:
-        """The next batch window waits for more parts only while another one is in flight."""
+        """The next batch window waits `batch_wait_timeout_s` for more parts only while another one is
+        in flight: an idle scorer launches what it has at once, since waiting would only leave the
+        device idle longer (a lone request waited the whole timeout, 5 ms, before)."""
         self._score_batch.set_batch_wait_timeout_s(self.batch_wait_timeout_s if self.windows_running else 0.0)
 
     def check_health(self) -> None:
