@@ -67,8 +67,6 @@ class Scorer:
 
         self.metrics = ScorerMetrics()
         self.windows_in_flight = asyncio.Semaphore(WINDOWS_IN_FLIGHT)
-        self.windows_running = 0  # launched and not yet finished
-        self.batch_wait_timeout_s = 0.0
         self.core = ModelScorer(settings)
         self.metrics.model_load_seconds.set(self.core.load_seconds)
         # The core resolved the device's batch defaults; user_config, if any, arrives next.
@@ -79,8 +77,7 @@ class Scorer:
         batching = BatchSettings(**{**self.core.batching.model_dump(), **(user_config or {})})
         self.core.reconfigure(batching)
         self._score_batch.set_max_batch_size(batching.max_batch_tokens * batching.batch_window_forwards)
-        self.batch_wait_timeout_s = batching.batch_wait_timeout_s
-        self._set_batch_wait()
+        self._score_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
         logger.info("Batch settings: %s", batching.model_dump())
 
     async def score(self, pairs: EncodedPairs) -> DocScores:
@@ -130,7 +127,6 @@ class Scorer:
         the device happens in `_finish_window`, off the event loop like the launch.
         """
         await self.windows_in_flight.acquire()
-        self._window_started()
         try:
             started = time.perf_counter()
             for item in items:
@@ -138,7 +134,7 @@ class Scorer:
             merged = EncodedPairs.concat([item.pairs for item in items]) if len(items) > 1 else items[0].pairs
             launched, cpu_s = await asyncio.to_thread(with_thread_cpu, self.core.launch_pairs, merged)
         except BaseException:
-            self._window_ended()
+            self.windows_in_flight.release()
             raise
         window = asyncio.ensure_future(self._finish_window(launched, started, cpu_s))
         starts = np.cumsum([0] + [item.pairs.num_pairs for item in items]).tolist()
@@ -149,7 +145,7 @@ class Scorer:
         try:
             scores, cpu_s = await asyncio.to_thread(with_thread_cpu, self.core.finish_pairs, launched)
         finally:
-            self._window_ended()
+            self.windows_in_flight.release()
         self.metrics.stage_cpu.inc(launch_cpu_s + cpu_s, tags={"stage": "inference"})
         self.metrics.stage_duration.observe(time.perf_counter() - started, tags={"stage": "inference"})
         self.metrics.pairs_scored.inc(launched.num_pairs)
@@ -159,21 +155,6 @@ class Scorer:
             self.metrics.batch_padded_tokens.observe(batch.padded_tokens)
             self.metrics.padding_efficiency.observe(batch.real_tokens / max(batch.padded_tokens, 1))
         return scores
-
-    def _window_started(self) -> None:
-        self.windows_running += 1
-        self._set_batch_wait()
-
-    def _window_ended(self) -> None:
-        self.windows_in_flight.release()
-        self.windows_running -= 1
-        self._set_batch_wait()
-
-    def _set_batch_wait(self) -> None:
-        """The next batch window waits `batch_wait_timeout_s` for more parts only while another one is
-        in flight: an idle scorer launches what it has at once, since waiting would only leave the
-        device idle longer (a lone request waited the whole timeout, 5 ms, before)."""
-        self._score_batch.set_batch_wait_timeout_s(self.batch_wait_timeout_s if self.windows_running else 0.0)
 
     def check_health(self) -> None:
         """A tiny forward pass: a wedged device or a broken model fails the replica's health check."""

@@ -190,33 +190,3 @@ def test_a_window_of_two_forwards_sorts_its_pairs_by_length_before_cutting_them(
         assert 2 * short + 2 * long < 2 * sum(longs)
     finally:
         scorer.reconfigure(GPU_BATCHING)
-
-
-def test_an_idle_scorer_launches_at_once_and_a_busy_one_waits_for_more_parts(scorer_and_parts, loop):
-    """The batch wait applies only while a window is in flight: with a wait of 10 s (the most the
-    settings allow), a part reaching an idle scorer is launched at once, and the parts arriving
-    while a window runs share the next one."""
-    scorer, parts, events = scorer_and_parts
-    scorer.reconfigure({**GPU_BATCHING, "batch_wait_timeout_s": 10.0})
-
-    async def scenario():
-        first = asyncio.ensure_future(scorer.score(parts[0]))
-        # Idle: launched long before the 10 s wait would end (the device then holds it 0.3 s).
-        await wait_for(lambda: events.count("launch") == 1, "the idle scorer's launch", timeout_s=5)
-        assert scorer.windows_running == 1
-        scorer.reconfigure({**GPU_BATCHING, "batch_wait_timeout_s": 1.0})
-        later = [asyncio.ensure_future(scorer.score(part)) for part in parts[1:]]
-        await asyncio.sleep(0.1)
-        late = asyncio.ensure_future(scorer.score(parts[0]))
-        return await asyncio.gather(first, *later, late)
-
-    try:
-        results = loop.run_until_complete(scenario())
-    finally:
-        scorer.reconfigure(GPU_BATCHING)
-    # The three parts that arrived while the first window ran went out together, in one window.
-    assert events.count("launch") == 2, events
-    assert scorer.core.backend.shapes[1][0] == sum(part.num_pairs for part in [*parts[1:], parts[0]])
-    for part, result in zip([*parts, parts[0]], results):
-        np.testing.assert_array_equal(result.raw, expected_scores(scorer, part))
-    assert scorer.windows_running == 0
