@@ -20,6 +20,7 @@ from reranker.model_files import load_tokenizer
 from reranker.scoring import ModelScorer
 from reranker.settings import RerankerSettings
 from reranker.tokenization import PairEncoder
+from cuda_probes import launch_behind_queued_work
 from tiny_models import CORPUS
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -89,16 +90,8 @@ def test_replays_from_two_threads_each_get_their_own_batch(backends, tiny_model_
 def test_a_replay_reads_nothing_back(backends, tiny_model_dir):
     _, graphed = backends
     batch = batches(tiny_model_dir, graphed.pad_token_id)[2]
-    torch.cuda.synchronize()
-    torch.cuda._sleep(2_000_000_000)
-    queued_before = torch.cuda.Event()
-    queued_before.record()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        launched = graphed.launch(*batch)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    assert not queued_before.query()
+    launched, earlier_work_still_running = launch_behind_queued_work(graphed, batch)
+    assert earlier_work_still_running
     graphed.fetch([launched])
 
 

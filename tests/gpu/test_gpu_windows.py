@@ -16,6 +16,7 @@ from reranker.backends.torch import TorchBackend
 from reranker.batching import collate
 from reranker.model_files import load_tokenizer
 from reranker.tokenization import PairEncoder
+from cuda_probes import launch_behind_queued_work
 from tiny_models import CORPUS
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -59,14 +60,6 @@ def test_a_launch_does_not_wait_for_the_work_queued_before_it(tiny_model_dir):
     assert backend.prepared_mask
     batch = batches(tiny_model_dir, backend.pad_token_id)[0]
     expected = backend.fetch([backend.launch(*batch)])[0]
-    torch.cuda.synchronize()
-    torch.cuda._sleep(2_000_000_000)  # GPU clock cycles: about a second on an H100/H200
-    queued_before = torch.cuda.Event()
-    queued_before.record()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        launched = backend.launch(*batch)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    assert not queued_before.query()
+    launched, earlier_work_still_running = launch_behind_queued_work(backend, batch)
+    assert earlier_work_still_running
     np.testing.assert_allclose(backend.fetch([launched])[0], expected, rtol=0, atol=1e-3)
