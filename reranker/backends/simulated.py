@@ -121,10 +121,9 @@ class DeviceTimeline:
                 return self._free_at
             fcntl.flock(self._fd, fcntl.LOCK_SH)
             try:
-                raw = os.pread(self._fd, 8, 0)
+                return self._read_shared()
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
-            return struct.unpack("d", raw)[0] if len(raw) == 8 else 0.0
 
     def reserve(self, start_s: float, busy_s: float, not_before_s: float) -> float:
         """Queues `busy_s` of device time after `start_s` and the previous work; returns when it ends."""
@@ -134,13 +133,17 @@ class DeviceTimeline:
                 return done_at
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
-                raw = os.pread(self._fd, 8, 0)
-                free_at = struct.unpack("d", raw)[0] if len(raw) == 8 else 0.0
-                done_at = max(max(start_s, free_at) + busy_s, not_before_s)
+                done_at = max(max(start_s, self._read_shared()) + busy_s, not_before_s)
                 os.pwrite(self._fd, struct.pack("d", done_at), 0)
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
             return done_at
+
+
+    def _read_shared(self) -> float:
+        """The free-at time in the shared file (0 before anything was queued); the caller holds its lock."""
+        raw = os.pread(self._fd, 8, 0)
+        return struct.unpack("d", raw)[0] if len(raw) == 8 else 0.0
 
 
 def shared_device_path() -> Optional[str]:
