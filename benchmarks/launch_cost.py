@@ -148,10 +148,11 @@ def graph_rows(model, token_counts: list[int], width: int, runs: int) -> list[di
     import torch
 
     from reranker.backends.cuda_graphs import CapturedForwards
+    from reranker.backends.torch import sdpa_mask
 
     def forward(block):
         block = block.long()
-        return model(input_ids=block[0], attention_mask=block[1].bool()[:, None, None, :], token_type_ids=block[2]).logits.float()
+        return model(input_ids=block[0], attention_mask=sdpa_mask(block[1]), token_type_ids=block[2]).logits.float()
 
     shapes = [(max(tokens // width, 1), width) for tokens in token_counts]
     graphs = CapturedForwards(forward, shapes, pad_token_id=0)

@@ -25,6 +25,11 @@ from reranker.errors import ModelLoadError
 from reranker.model_files import describe_load_failure
 
 
+def sdpa_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A (batch, tokens) 0/1 padding mask in SDPA's 4D form (batch, 1, 1, tokens; True = attend)."""
+    return mask.bool()[:, None, None, :]
+
+
 @dataclass
 class LaunchedForward:
     """One launched forward: its logits (on the host once `ready` has fired; None on CPU, computed already)."""
@@ -102,7 +107,7 @@ class TorchBackend:
     def model_inputs(self, block: torch.Tensor, prepared: bool) -> dict:
         """The model's keyword arguments from a device block; `prepared`: the mask in SDPA's 4D form."""
         mask = block[1]
-        inputs = {"input_ids": block[0], "attention_mask": mask.bool()[:, None, None, :] if prepared else mask}
+        inputs = {"input_ids": block[0], "attention_mask": sdpa_mask(mask) if prepared else mask}
         if self.accepts_token_type_ids:
             inputs["token_type_ids"] = block[2]
         return inputs
