@@ -165,7 +165,9 @@ def run(args) -> dict:
 
         load.concurrency, load.phase = args.fault_clients, "rolling update"
         time.sleep(5)
-        update = cr.roll_out(rehearsal, recorder, {"batch_wait_timeout_s": 0.01, "max_batch_size": 16}, 3)
+        # One below the rendered max_replicas (the autoscaling change a rollout makes; not below min_replicas).
+        scorer_max = cr.deployment_of(rehearsal.current_config, "Scorer")["autoscaling_config"]["max_replicas"] - 1
+        update = cr.roll_out(rehearsal, recorder, {"batch_wait_timeout_s": 0.01, "max_batch_size": 16}, scorer_max)
         result["rolling_update"] = update
         print("update", json.dumps(update, default=str), flush=True)
         load.concurrency, load.phase = 0, "end"

@@ -11,12 +11,13 @@ REST API as KubeRay deploys it) are the real ones.
 
 What differs from a real cluster, and why (REHEARSAL_CHANGES lists every change as data):
 - Logical resources are the rendered ones: head CPU 0; cpu-workers CPU 2 and `cpu_worker` 1000;
-  gpu-workers CPU 4 and GPU 1; min/max workers from minReplicas/maxReplicas. Logical resources
-  are only bookkeeping, so a 2-core machine can advertise them unchanged. Scaled down for the
-  2 cores and 24 GiB: every node's object store is 100 MB (Ray would give each "pod" 30% of the
-  machine's RAM), each scorer runs 1 compute thread (a real gpu-workers pod gives it 4 CPUs), and
-  the `memory` resource of worker groups is not advertised (the fake provider passes it where Ray
-  refuses it; no deployment asks for memory, so placement does not change).
+  gpu-workers CPU 4 and GPU 1 (two scorers of GPU 0.5 each); min/max workers from
+  minReplicas/maxReplicas. Logical resources are only bookkeeping, so a 2-core machine can
+  advertise them unchanged. Scaled down for the 2 cores and 24 GiB: every node's object store is
+  100 MB (Ray would give each "pod" 30% of the machine's RAM), each scorer runs 1 compute thread
+  (a real gpu-workers pod has 4 CPUs for its two), and the `memory` resource of worker groups is
+  not advertised (the fake provider passes it where Ray refuses it; no deployment asks for memory,
+  so placement does not change).
 - The "GPU" is only a resource: scorers run on CPU (RERANKER_DEVICE=cpu) with a GPU scorer's
   backend, torch, in fp32, on a tiny random model (tests/tiny_models.py) given as RERANKER_MODEL.
 - The RAY_* environment variables of the pods' Ray containers (such as the head's GCS health-check
@@ -854,16 +855,20 @@ class Sampler:
 # ----- checks -----------------------------------------------------------------------------------
 
 
-def placement_problems(table: dict[str, dict[str, int]]) -> list[str]:
+def placement_problems(table: dict[str, dict[str, int]], lost: Optional[dict[str, int]] = None) -> list[str]:
     """Ingress and tokenizers only on cpu-workers, scorers only on gpu-workers, no replica on the
-    head, and a deployment's replicas on more than one node."""
+    head, and a deployment's replicas on more than one node.
+
+    `lost`: what a node killed moments ago held (deployment -> replicas). Those deployments' survivors
+    may share one node until their replacements start (a gpu-workers pod holds two scorers, the other
+    pod the other two); they must still be ALIVE somewhere."""
     problems = []
     allowed = {"Ingress": {CPU_GROUP}, "Tokenizer": {CPU_GROUP}, "Scorer": {GPU_GROUP}}
     table = dict(table)
     spread = table.pop("nodes", {})
     for kind in DEPLOYMENTS:
         replicas = sum(kinds.get(kind, 0) for kinds in table.values())
-        if replicas >= 2 and spread.get(kind, 0) < 2:
+        if replicas >= 2 and spread.get(kind, 0) < 2 and not (lost or {}).get(kind):
             problems.append(f"{replicas} {kind} replicas all on one node: losing it loses them all")
     for group, kinds in table.items():
         for kind, count in kinds.items():
@@ -1282,7 +1287,7 @@ def run_fast(model_dir: Path, repo_root: Path = REPO_ROOT, clients: int = 4, mar
         result["outcomes_during_loss"] = classify(recorder.samples, loss["window"])
         result["outcomes_all"] = classify(recorder.samples)
         result["placement_after"] = rehearsal.placement()
-        result["placement_problems_after"] = placement_problems(result["placement_after"])
+        result["placement_problems_after"] = placement_problems(result["placement_after"], lost=loss["held"])
     finally:
         if load is not None:
             load.stop()

@@ -240,11 +240,20 @@ def test_gpu_scorers_only_on_gpu_workers(rendered, path):
     [app] = _serve_config(rendered, path)["applications"]
     deployments = {d["name"]: d for d in app["deployments"]}
     scorer = deployments["Scorer"]
-    assert scorer["ray_actor_options"]["num_gpus"] == 1
-    # One GPU per pod and per replica: the GPU group can hold every scorer replica.
-    assert scorer["autoscaling_config"]["max_replicas"] <= gpu["maxReplicas"]
-    # Scorer CPUs fit in the pod's Ray CPUs (Ray counts the CPU limit).
-    assert scorer["ray_actor_options"]["num_cpus"] <= float(resources["limits"]["cpu"])
+    # Scorers per GPU pod (one GPU each) as serve_config.gpu.yaml runs them per GPU.
+    per_pod = 1 / scorer["ray_actor_options"]["num_gpus"]
+    assert per_pod == int(per_pod), f"num_gpus {scorer['ray_actor_options']['num_gpus']} leaves part of a GPU idle"
+    per_pod = int(per_pod)
+    gpu_config = yaml.safe_load((h.REPO_ROOT / "serve_config.gpu.yaml").read_text())
+    assert per_pod == gpu_config["applications"][0]["args"]["replicas_per_gpu"]["scorer"]
+    # The GPU group can hold every scorer replica, and the per-node cap does not stop the packing.
+    assert scorer["autoscaling_config"]["max_replicas"] <= gpu["maxReplicas"] * per_pod
+    assert scorer["max_replicas_per_node"] >= per_pod
+    # More than one pod holds: any placement of the minimum spans two GPU pods, so losing one leaves scorers.
+    assert scorer["autoscaling_config"]["min_replicas"] > per_pod
+    assert scorer["autoscaling_config"]["min_replicas"] <= gpu["minReplicas"] * per_pod
+    # A full pod's scorer CPUs fit in its Ray CPUs (Ray counts the CPU limit).
+    assert scorer["ray_actor_options"]["num_cpus"] * per_pod <= float(resources["limits"]["cpu"])
     for name in ("Ingress", "Tokenizer"):
         assert deployments[name]["ray_actor_options"].get("num_gpus", 0) == 0
         assert "cpu_worker" in deployments[name]["ray_actor_options"]["resources"]

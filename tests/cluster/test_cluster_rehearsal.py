@@ -4,9 +4,10 @@ The worker groups come from the RayService that `kubectl kustomize k8s/overlays/
 application is its serveConfigV2; tests/cluster_rehearsal.py says what the rehearsal changes and
 why. Checked here: placement from Ray's state API (ingress and tokenizers only on cpu-workers,
 scorers only on gpu-workers, nothing but the controller and a proxy on the head, each
-deployment's replicas on two nodes), and a gpu-workers node that holds a scorer killed under
-load: every request gets a correct 200 or a 429/503 with Retry-After within seconds, except those
-whose connection was on the lost node's own proxy, and the autoscaler replaces the node.
+deployment's replicas on two nodes), and a gpu-workers node killed under load with the two
+scorers it holds (half a GPU each): the other node's scorers serve on, every request gets a
+correct 200 or a 429/503 with Retry-After within seconds, except those whose connection was on
+the lost node's own proxy, and the autoscaler replaces the node.
 
 The rehearsal runs in a subprocess: it starts its own multi-node Ray, which must not meet the
 session's Ray of the serving tests. Whatever happens, every process it started is stopped (by the
@@ -63,9 +64,15 @@ def test_cluster_rehearsal_placement_and_node_loss(tmp_path, tiny_model_dir):
     assert result["placement_problems"] == [], result["placement"]
     assert result["placement_problems_after"] == [], result["placement_after"]
 
-    # 4. One gpu-workers node holding a scorer killed under load.
+    # 4. One gpu-workers node killed under load. It held as many scorers as one GPU pod takes (two),
+    # and the scorers' minimum spans more pods than that: the other pod's scorers are still ALIVE.
     loss, outcomes = result["node_loss"], result["outcomes_during_loss"]
-    assert loss["held"].get("Scorer"), loss
+    config = cluster_rehearsal.serve_config_v2(cluster_rehearsal.rendered_rayservice())
+    scorer = cluster_rehearsal.deployment_of(config, "Scorer")
+    per_pod = round(1 / scorer["ray_actor_options"]["num_gpus"])
+    assert loss["held"].get("Scorer") == per_pod, loss
+    survivors = result["placement_after"].get(cluster_rehearsal.GPU_GROUP, {}).get("Scorer", 0)
+    assert survivors >= scorer["autoscaling_config"]["min_replicas"] - per_pod, result["placement_after"]
     # The head's RAY_health_check_* settings: the GCS declares the lost raylet dead in seconds
     # (Ray's default takes about 15 s), and the autoscaler starts a replacement.
     assert loss["reported_dead_after_s"] <= 10, loss
