@@ -1,4 +1,4 @@
-"""Helpers for tests/test_k8s.py: find the offline tools, render kustomizations, apply the
+"""Helpers for tests/assets/test_k8s.py: find the offline tools, render kustomizations, apply the
 documented serveConfigV2 overrides, and walk RayService pod templates. No network, no cluster."""
 
 from __future__ import annotations
