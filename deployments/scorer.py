@@ -24,6 +24,20 @@ logger = logging.getLogger("ray.serve")
 WINDOWS_IN_FLIGHT = 2
 
 
+def launches_when_idle(core) -> bool:
+    """Whether an idle scorer (no window launched and unfinished) launches what it has at once.
+
+    Only where a launch is a CUDA graph's replay (`cuda_graphs`, GPU scorers only), after which the
+    device runs the batch on its own. Waiting then would only leave the device idle: a lone request
+    saves the batch wait (5 ms, beside a forward of a few ms). With eager launches (5-8 ms of a core
+    per forward on the H200 host) the wait stays: under moderate load skipping it makes windows
+    smaller, so more launches per request on the scorer's one busy core (benchmarks/RESULTS.md
+    7.10). A CPU forward takes seconds, beside which the wait is nothing, and it lets concurrent
+    parts share a window.
+    """
+    return bool(core.graph_shapes)
+
+
 @dataclass
 class ScoreItem:
     """One part of a request waiting in the Serve batch queue."""
@@ -67,7 +81,10 @@ class Scorer:
 
         self.metrics = ScorerMetrics()
         self.windows_in_flight = asyncio.Semaphore(WINDOWS_IN_FLIGHT)
+        self.windows_running = 0  # launched and not yet finished
+        self.batch_wait_timeout_s = 0.0
         self.core = ModelScorer(settings)
+        self.launches_when_idle = launches_when_idle(self.core)
         self.metrics.model_load_seconds.set(self.core.load_seconds)
         # The core resolved the device's batch defaults; user_config, if any, arrives next.
         self.reconfigure({})
@@ -77,7 +94,8 @@ class Scorer:
         batching = BatchSettings(**{**self.core.batching.model_dump(), **(user_config or {})})
         self.core.reconfigure(batching)
         self._score_batch.set_max_batch_size(batching.max_batch_tokens * batching.batch_window_forwards)
-        self._score_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self.batch_wait_timeout_s = batching.batch_wait_timeout_s
+        self._set_batch_wait()
         logger.info("Batch settings: %s", batching.model_dump())
 
     async def score(self, pairs: EncodedPairs) -> DocScores:
@@ -127,6 +145,7 @@ class Scorer:
         the device happens in `_finish_window`, off the event loop like the launch.
         """
         await self.windows_in_flight.acquire()
+        self._window_started()
         try:
             started = time.perf_counter()
             for item in items:
@@ -134,7 +153,7 @@ class Scorer:
             merged = EncodedPairs.concat([item.pairs for item in items]) if len(items) > 1 else items[0].pairs
             launched, cpu_s = await asyncio.to_thread(with_thread_cpu, self.core.launch_pairs, merged)
         except BaseException:
-            self.windows_in_flight.release()
+            self._window_ended()
             raise
         window = asyncio.ensure_future(self._finish_window(launched, started, cpu_s))
         starts = np.cumsum([0] + [item.pairs.num_pairs for item in items]).tolist()
@@ -145,7 +164,7 @@ class Scorer:
         try:
             scores, cpu_s = await asyncio.to_thread(with_thread_cpu, self.core.finish_pairs, launched)
         finally:
-            self.windows_in_flight.release()
+            self._window_ended()
         self.metrics.stage_cpu.inc(launch_cpu_s + cpu_s, tags={"stage": "inference"})
         self.metrics.stage_duration.observe(time.perf_counter() - started, tags={"stage": "inference"})
         self.metrics.pairs_scored.inc(launched.num_pairs)
@@ -155,6 +174,20 @@ class Scorer:
             self.metrics.batch_padded_tokens.observe(batch.padded_tokens)
             self.metrics.padding_efficiency.observe(batch.real_tokens / max(batch.padded_tokens, 1))
         return scores
+
+    def _window_started(self) -> None:
+        self.windows_running += 1
+        self._set_batch_wait()
+
+    def _window_ended(self) -> None:
+        self.windows_in_flight.release()
+        self.windows_running -= 1
+        self._set_batch_wait()
+
+    def _set_batch_wait(self) -> None:
+        """The next batch window waits for more parts, unless the scorer is idle and launches at once."""
+        idle = not self.windows_running and self.launches_when_idle
+        self._score_batch.set_batch_wait_timeout_s(0.0 if idle else self.batch_wait_timeout_s)
 
     def check_health(self) -> None:
         """A tiny forward pass: a wedged device or a broken model fails the replica's health check."""

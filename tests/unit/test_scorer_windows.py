@@ -190,3 +190,70 @@ def test_a_window_of_two_forwards_sorts_its_pairs_by_length_before_cutting_them(
         assert 2 * short + 2 * long < 2 * sum(longs)
     finally:
         scorer.reconfigure(GPU_BATCHING)
+
+
+def test_an_idle_gpu_scorer_launches_at_once_and_a_busy_one_waits_for_more_parts(scorer_and_parts, loop):
+    """A scorer that replays graphs on a GPU waits for more parts only while a window is in flight:
+    with a wait of 10 s (the most the settings allow), a part reaching it idle is launched at once,
+    and the parts arriving while a window runs share the next one."""
+    scorer, parts, events = scorer_and_parts
+    scorer.launches_when_idle = True  # as launches_when_idle() decides for graph replays on a GPU
+    scorer.reconfigure({**GPU_BATCHING, "batch_wait_timeout_s": 10.0})
+
+    async def scenario():
+        first = asyncio.ensure_future(scorer.score(parts[0]))
+        # Idle: launched long before the 10 s wait would end (the device then holds it 0.3 s).
+        await wait_for(lambda: events.count("launch") == 1, "the idle scorer's launch", timeout_s=5)
+        assert scorer.windows_running == 1
+        scorer.reconfigure({**GPU_BATCHING, "batch_wait_timeout_s": 1.0})
+        later = [asyncio.ensure_future(scorer.score(part)) for part in parts[1:]]
+        await asyncio.sleep(0.1)
+        late = asyncio.ensure_future(scorer.score(parts[0]))
+        return await asyncio.gather(first, *later, late)
+
+    try:
+        results = loop.run_until_complete(scenario())
+    finally:
+        scorer.launches_when_idle = False
+        scorer.reconfigure(GPU_BATCHING)
+    # The three parts that arrived while the first window ran went out together, in one window.
+    assert events.count("launch") == 2, events
+    assert scorer.core.backend.shapes[1][0] == sum(part.num_pairs for part in [*parts[1:], parts[0]])
+    for part, result in zip([*parts, parts[0]], results):
+        np.testing.assert_array_equal(result.raw, expected_scores(scorer, part))
+    assert scorer.windows_running == 0
+
+
+def test_an_idle_scorer_that_launches_eagerly_still_waits_for_more_parts(scorer_and_parts, loop):
+    """Without graphs (the fixture's scorer: eager launches) an idle scorer waits out its batch
+    window: a part arriving 0.1 s after the first, within a 1 s wait, shares its launch."""
+    scorer, parts, events = scorer_and_parts
+    assert not scorer.launches_when_idle
+    scorer.reconfigure({**GPU_BATCHING, "batch_wait_timeout_s": 1.0})
+
+    async def scenario():
+        first = asyncio.ensure_future(scorer.score(parts[0]))
+        await asyncio.sleep(0.1)
+        second = asyncio.ensure_future(scorer.score(parts[1]))
+        return await asyncio.gather(first, second)
+
+    try:
+        results = loop.run_until_complete(scenario())
+    finally:
+        scorer.reconfigure(GPU_BATCHING)
+    assert events == ["launch", "fetched"]
+    assert scorer.core.backend.shapes[0][0] == parts[0].num_pairs + parts[1].num_pairs
+    for part, result in zip(parts, results):
+        np.testing.assert_array_equal(result.raw, expected_scores(scorer, part))
+
+
+def test_only_graph_replays_on_a_gpu_launch_when_idle(tiny_model_dir):
+    from deployments.scorer import launches_when_idle
+    from reranker.scoring import ModelScorer
+
+    def core(**settings) -> ModelScorer:
+        return ModelScorer(RerankerSettings(model=str(tiny_model_dir), **settings))
+
+    assert launches_when_idle(core(backend="simulated-gpu", cuda_graphs=True))
+    assert not launches_when_idle(core(backend="simulated-gpu"))
+    assert not launches_when_idle(core(backend="torch", device="cpu"))
