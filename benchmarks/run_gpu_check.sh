@@ -14,8 +14,8 @@
 #   bash benchmarks/run_gpu_check.sh --simulated
 #
 # Steps, each logged to $OUT/<step>.log, run in the order given (default: tests launch graphs
-# serving; 15 device minutes hold them with the machine's start, not `coalesced` as well, which
-# the first H200 run measured); one failing step does not stop the next. machine.txt always:
+# serving lowload; 15 device minutes hold them with the machine's start, not `coalesced` as well,
+# which the first H200 run measured); one failing step does not stop the next. machine.txt always:
 #   machine.txt      nvidia-smi, torch, CPU model and cores
 #   tests            (GPU only; gpu_tests.log) the gpu-marked tests: CUDA parity, the torch backend's launch without
 #                    read-back and its fetch, the CUDA graphs (first: the graph steps below need them)
@@ -29,6 +29,10 @@
 #   graphs           (serving_graphs.log) the same with the scorers replaying CUDA graphs
 #                    (RERANKER_CUDA_GRAPHS=true): in-process rate, the handle phase (a call per part)
 #                    and HTTP, without the 64-client overload phase
+#   lowload          (serving_lowload.log) a lone 1 x 50 request's latency with graphs on (the candidate
+#                    default; an idle scorer then launches at once) and, as the README's command does,
+#                    tokenization on the Rust tokenizer's thread pool (the other steps tokenize
+#                    single-threaded to count its CPU): 200 low-load requests, then 8 clients briefly
 #   coalesced        (serving_coalesced.log) the in-process rate and the handle phase again, callers
 #                    coalescing their parts as the GPU config's ingress does
 set -uo pipefail
@@ -41,11 +45,11 @@ for arg in "$@"; do
   case "$arg" in
     --simulated) mode=simulated ;;
     --all) all=1 ;;
-    tests|launch|serving|graphs|coalesced) steps+=("$arg") ;;
-    *) echo "unknown argument: $arg (steps: tests launch serving graphs coalesced)" >&2; exit 2 ;;
+    tests|launch|serving|graphs|lowload|coalesced) steps+=("$arg") ;;
+    *) echo "unknown argument: $arg (steps: tests launch serving graphs lowload coalesced)" >&2; exit 2 ;;
   esac
 done
-[ "${#steps[@]}" -gt 0 ] || steps=(tests launch graphs serving)
+[ "${#steps[@]}" -gt 0 ] || steps=(tests launch graphs serving lowload)
 
 if [ "$mode" = simulated ]; then
   py="${PYTHON:-.venv/bin/python}"
@@ -112,6 +116,14 @@ step_graphs() {
     "${serving_args[@]}" --phases inprocess,handle,http --out "$out/serving_graphs" > "$out/serving_graphs.log" 2>&1
   echo "serving_graphs exit $?" >> "$out/machine.txt"
   grep -v "INFO\|^\s*$" "$out/serving_graphs.log" | tail -10
+}
+
+step_lowload() {
+  RERANKER_CUDA_GRAPHS=true "$py" -W ignore benchmarks/gpu_serving_bench.py --config serve_config.gpu.yaml \
+    "${serving_args[@]}" --phases http --tokenizer-pool --low-load-requests 200 --clients 8 --http-warmup-s 2 \
+    --http-s 5 --out "$out/serving_lowload" > "$out/serving_lowload.log" 2>&1
+  echo "serving_lowload exit $?" >> "$out/machine.txt"
+  grep "low load" "$out/serving_lowload.log"
 }
 
 step_coalesced() {
