@@ -28,7 +28,9 @@ USER 1000:100
 # queue length, then backs off from it. Under a spike a busy ingress misses that often enough that
 # accepted requests wait seconds in the proxy while the ingress idles (benchmarks/LOAD_REPORT.md).
 # RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH: a request whose ingress replica is lost mid-flight (a
-# pod gone) gets 503 with Retry-After instead of the proxy's bare 500 (reranker/proxy.py).
+# pod gone) gets 503 with Retry-After instead of the proxy's bare 500, and a draining proxy (its
+# readiness probe failing) closes keep-alive connections so clients move to a ready pod
+# (reranker/proxy.py).
 ENV HF_HOME=/home/ray/hf-cache \
     HF_HUB_DISABLE_TELEMETRY=1 \
     RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S=0.5 \
