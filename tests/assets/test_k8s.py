@@ -497,6 +497,28 @@ def test_pod_disruption_budgets_select_worker_groups(rendered, path):
         assert any(_selects(pdb["spec"]["selector"], labels[name]) for name in workers), pdb["metadata"]["name"]
 
 
+@pytest.mark.parametrize("path", OVERLAYS)
+def test_deleted_worker_pods_drain_before_kubernetes_kills_them(rendered, path):
+    """A deleted worker pod (scale-in, node drain, spot reclaim) gets SIGTERM; `ray start` drains
+    its node for RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S: long enough for Serve's proxy to drain (its
+    least draining time) and answer the requests it took (the ingress deadline), and Kubernetes
+    waits longer than that before it kills the pod."""
+    from ray.serve._private.constants import PROXY_MIN_DRAINING_PERIOD_S
+
+    from reranker.settings import load_settings
+
+    args = _serve_config(rendered, path)["applications"][0].get("args") or {}
+    deadline_s = load_settings(args, environ={}).request_deadline_s
+    for name, spec in _groups(rendered, path).items():
+        if name == "head":
+            continue
+        pod = spec["template"]["spec"]
+        env = h.env_of(h.ray_container(pod))
+        drain_s = float(env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"]["value"])
+        assert drain_s >= PROXY_MIN_DRAINING_PERIOD_S + deadline_s, (name, drain_s)
+        assert pod["terminationGracePeriodSeconds"] >= drain_s + 10, (name, pod.get("terminationGracePeriodSeconds"))
+
+
 def _allows(policy: dict, port: int, source: str) -> bool:
     """Whether an ingress rule admits TCP `port` from `source` ('any', 'ray', or a namespace)."""
     for rule in policy["spec"].get("ingress", []):
