@@ -28,9 +28,11 @@ What differs from a real cluster, and why (REHEARSAL_CHANGES lists every change 
   `idleTimeoutSeconds`, 120 s) is 15 s so idle fake pods go within a run, and metrics reach each
   node's agent every second instead of every 10.
 - Ports: all nodes share 127.0.0.1. The head's proxy binds the config's port; every worker
-  node's proxy binds one other port (RAY_SERVE_WORKER_PROXY_HTTP_PORT) with SO_REUSEPORT, so the
-  kernel spreads connections over the worker proxies as the serve Service spreads them over
-  worker pods (the head pod is excluded from it: `excludeHeadPodFromServeSvc`).
+  node's proxy binds a port of its own (RAY_SERVE_WORKER_PROXY_HTTP_PORT, set per fake pod by
+  tests/rehearsal_provider.py), and tests/k8s_service.py plays the serve Service in front of them:
+  a pod is in it while KubeRay's readiness probe of its proxy passes (`/-/healthz` every 5 s), and
+  each new connection goes to a ready pod at random. The head pod is not in it
+  (`excludeHeadPodFromServeSvc`).
 
 Nothing here runs `ray stop`: the cluster gets its own temp dir and ports, and shutdown() stops
 exactly the processes it started (found by a marker in their environment, inherited by every
@@ -61,7 +63,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ports import free_port
+from k8s_service import ServeService
+from ports import free_port, free_port_block
+from rehearsal_provider import MAX_NODES, PORT_BASE_ENV, proxy_port
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
@@ -79,6 +83,9 @@ OBJECT_STORE_BYTES = 100 * 1024 * 1024
 # were still starting (a replica takes 20-75 s to start on 2 busy cores). Only the autoscaler's
 # idle timeout is shortened (the manifests' autoscalerOptions.idleTimeoutSeconds is 120).
 IDLE_TIMEOUT_S = 15
+# KubeRay's probe gives a proxy 2 s to answer `/-/healthz`; the fake pods' proxies share 2 cores
+# with every other pod and the load, so here they get longer (REHEARSAL_CHANGES).
+PROBE_TIMEOUT_S = 10.0
 
 REHEARSAL_CHANGES = [
     ("worker nodes", "object store 100 MB each", "Ray would reserve 30% of this machine's RAM per fake pod"),
@@ -87,7 +94,14 @@ REHEARSAL_CHANGES = [
      "the GPU is a logical resource only: the GPU scorer's backend (torch) in fp32 on the CPU, one thread, "
      "as 2 cores are shared by every fake pod"),
     ("all", "RERANKER_MODEL=<tiny random model>", "no hub access, and a model that 2 cores can serve"),
-    ("http_options", "host 127.0.0.1, free ports for head and worker proxies", "all fake pods share one address"),
+    ("http_options", "host 127.0.0.1; a free port for the head's proxy and one per worker pod's proxy",
+     "all fake pods share one address"),
+    ("serve Service", "tests/k8s_service.py: ready pods (KubeRay's readiness probe of the proxy every 5 s), "
+     "a random one per connection; a pod whose proxy refuses connections is dropped at once",
+     "no Kubernetes here; the 1-2 s Kubernetes takes to drop a pod whose container exited are not modelled"),
+    ("readiness probe", f"timeout {PROBE_TIMEOUT_S:.0f} s (KubeRay: 2 s)",
+     "every fake pod and the load generator share 2 cores: under the 32-client hold proxies answered the probe "
+     "in more than 2 s and the Service lost every pod at once (first run, 2026-12-01: no endpoint for 58 s)"),
     ("autoscalerOptions.idleTimeoutSeconds", f"{IDLE_TIMEOUT_S} (manifests: 120)", "idle fake pods go in seconds"),
     ("RAY_metrics_report_interval_ms", "1000", "metrics reach each node's agent every second, not every 10 s"),
 ]
@@ -326,11 +340,13 @@ def _autoscaling_cluster_class():
 
         def _generate_config(self, head_resources, worker_node_types, autoscaler_v2=False, **config_kwargs):
             config = copy.deepcopy(self._base_config)
-            # The fake multi-node provider, loaded by module path: as type `fake_multinode` the
-            # autoscaler would also read the provider's defaults from example.yaml.
+            # The fake multi-node provider, loaded by module path (from the repository root on
+            # PYTHONPATH): as type `fake_multinode` the autoscaler would also read the provider's
+            # defaults from example.yaml.
             config["provider"] = {
                 "type": "external",
-                "module": "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider",
+                # Ray's fake multi-node provider, which also gives each fake pod its proxy port.
+                "module": "tests.rehearsal_provider.RehearsalNodeProvider",
                 "use_node_id_as_ip": True,
                 "disable_node_updaters": True,
                 "disable_launch_config_check": True,
@@ -415,13 +431,14 @@ class Rehearsal:
 
     def __init__(self, model_dir: Path, *, repo_root: Path = REPO_ROOT, max_workers: Optional[dict] = None,
                  autoscaler_v2: bool = True, idle_timeout_s: float = IDLE_TIMEOUT_S, marker: Optional[str] = None,
-                 log=print):
-        self.repo_root = repo_root
+                 keep_logs: bool = False, log=print):
+        self.repo_root, self.keep_logs = repo_root, keep_logs
         self.log = log
         self.rayservice = rendered_rayservice("gpu", repo_root)
         self.kuberay_config = kuberay_autoscaling_config(self.rayservice)
         self.head_resources, self.worker_types = rehearsal_node_types(self.kuberay_config, max_workers)
-        self.head_port, self.worker_port = free_port(), free_port()
+        self.head_port, self.service_port = free_port(), free_port()
+        self.proxy_port_base = free_port_block(MAX_NODES + 1)
         self.serve_config = rehearsal_serve_config(self.rayservice, self.head_port)
         self.marker = marker or uuid.uuid4().hex
         self.pod_ray_env = ray_env(self.rayservice)
@@ -434,7 +451,7 @@ class Rehearsal:
             MARKER_ENV: self.marker,
             "RAY_AUTH_MODE": "disabled",
             "RAY_metrics_report_interval_ms": "1000",
-            "RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(self.worker_port),
+            PORT_BASE_ENV: str(self.proxy_port_base),
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
             "RERANKER_MODEL": str(self.model_dir),
@@ -450,14 +467,33 @@ class Rehearsal:
         base["idle_timeout_minutes"] = idle_timeout_s / 60.0
         base["max_workers"] = sum(t["max_workers"] for t in self.worker_types.values())
         self.cluster = _autoscaling_cluster_class()(self.head_resources, self.worker_types, base, self.env, autoscaler_v2=autoscaler_v2)
+        self.service = ServeService(self.service_port, self.proxy_ports, timeout_s=PROBE_TIMEOUT_S)
         self.started_at = None
 
     # ----- lifecycle
 
     @property
     def url(self) -> str:
-        """The serve Service: every worker pod's proxy, never the head's."""
-        return f"http://127.0.0.1:{self.worker_port}"
+        """The serve Service: the worker pods whose proxy passes the readiness probe, never the head."""
+        return f"http://127.0.0.1:{self.service_port}"
+
+    def proxy_ports(self) -> list[int]:
+        """Every port a worker pod's proxy may bind (the Service probes them all: a port no pod
+        holds refuses at once)."""
+        return [self.proxy_port_base + n for n in range(1, MAX_NODES + 1)]
+
+    def proxy_port_of(self, node_id: str) -> int:
+        return proxy_port(self.proxy_port_base, node_id)
+
+    def service_record(self, started: float) -> dict:
+        """The serve Service's ready pods (node numbers) at each change, seconds after `started`, and
+        its probes and connections."""
+        service = self.service
+        return {"endpoints": [(round(at - started, 2), [f"{port - self.proxy_port_base:05d}" for port in ports])
+                              for at, ports in service.history],
+                "probes": dict(service.probes), "slowest_answer_s": round(service.slowest_answer_s, 2),
+                "probe_timeout_s": service.timeout_s, "max_loop_lag_s": round(service.max_loop_lag_s, 2),
+                "refused_connections": service.refused}
 
     @property
     def head_url(self) -> str:
@@ -465,6 +501,7 @@ class Rehearsal:
 
     def start(self, timeout_s: float = 120) -> None:
         self.started_at = time.monotonic()
+        self.service.start()
         self.cluster.start()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -480,6 +517,7 @@ class Rehearsal:
 
     def stop(self) -> None:
         try:
+            self.service.stop()
             self.cluster.shutdown()
         finally:
             left = marked_pids(self.marker)
@@ -488,6 +526,11 @@ class Rehearsal:
             import shutil
 
             shutil.rmtree(self.onnx_cache, ignore_errors=True)
+            # The cluster's temp dir holds its session (Ray's and Serve's logs, about 5 MB).
+            if self.keep_logs:
+                self.log(f"the rehearsal cluster's logs: {self.cluster.temp_dir}/session_latest/logs")
+            else:
+                shutil.rmtree(self.cluster.temp_dir, ignore_errors=True)
 
     def __enter__(self):
         return self
@@ -524,6 +567,25 @@ class Rehearsal:
 
     def running_replicas(self) -> dict[str, int]:
         return {name: sum(1 for r in reps if r.get("state") == "RUNNING") for name, reps in self.replicas().items()}
+
+    def serve_states(self) -> dict:
+        """RUNNING replicas per deployment, replicas in every other state ({deployment: {state: n}}),
+        and proxies per status ({status: n}), from one read of Serve's details."""
+        details = self.serve_details()
+        app = (details.get("applications") or {}).get(APP) or {}
+        running, other = {}, {}
+        for name, deployment in (app.get("deployments") or {}).items():
+            for replica in deployment.get("replicas", []):
+                state = replica.get("state")
+                if state == "RUNNING":
+                    running[name] = running.get(name, 0) + 1
+                else:
+                    other.setdefault(name, {})[state] = other.get(name, {}).get(state, 0) + 1
+            running.setdefault(name, 0)
+        proxies: dict[str, int] = {}
+        for proxy in (details.get("proxies") or {}).values():
+            proxies[proxy.get("status")] = proxies.get(proxy.get("status"), 0) + 1
+        return {"replicas": running, "other_states": other, "proxies": proxies}
 
     def app_status(self) -> str:
         app = (self.serve_details().get("applications") or {}).get(APP) or {}
@@ -634,6 +696,20 @@ class Rehearsal:
                 pass
         return len(pids)
 
+    def drain_node(self, node_id: str, deadline_s: float) -> None:
+        """Marks one worker node draining in the GCS, as `ray start --block` (a pod's first process)
+        does on the SIGTERM of a pod deletion (RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S): reason
+        PREEMPTION, which the GCS cannot refuse. Serve then drains the node's proxy and moves its
+        replicas elsewhere."""
+        from ray._raylet import GcsClient
+        from ray.core.generated import autoscaler_pb2
+
+        accepted, message = GcsClient(address=self.cluster.address).drain_node(
+            node_id, autoscaler_pb2.DrainNodeReason.DRAIN_NODE_REASON_PREEMPTION, "rehearsal: pod deleted",
+            int((time.time() + deadline_s) * 1000))
+        if not accepted:
+            raise RuntimeError(f"drain of {node_id} refused: {message}")
+
 
 def node_group(node) -> str:
     labels = getattr(node, "labels", None) or {}
@@ -742,6 +818,7 @@ class Sample:
     error: str = ""
     phase: str = ""
     body: int = -1  # index into the Load's bodies
+    closed: bool = False  # the response closed a kept-alive connection (`Connection: close`: an unready proxy)
 
 
 @dataclass
@@ -761,14 +838,16 @@ class Recorder:
 class Load:
     """Closed-loop clients against the serve Service URL; every answer is checked against the oracle.
 
-    Each request opens its own connection, so a client is not stuck on a keep-alive connection to a
-    proxy that died; a request in flight on the dead node's own proxy still loses its connection
-    (status 0), as it would behind a real Service."""
+    By default each request opens its own connection. With keep_alive, the clients share a pool of
+    kept-alive connections, as search clients do: a connection stays with the pod the Service gave
+    it until the client or that pod's proxy closes it (a draining proxy does, reranker/proxy.py).
+    Either way a request in flight on a dead node's own proxy loses its connection (status 0), as it
+    would behind a real Service."""
 
     def __init__(self, url: str, recorder: Recorder, bodies: list[dict], expected: list[list[float]],
-                 timeout_s: float = 60, seed: int = 0):
+                 timeout_s: float = 60, seed: int = 0, keep_alive: bool = False):
         self.url, self.recorder, self.bodies, self.expected = url, recorder, bodies, expected
-        self.timeout_s = timeout_s
+        self.timeout_s, self.keep_alive = timeout_s, keep_alive
         self.rng = random.Random(seed)
         self.encoded = [json.dumps(b).encode() for b in bodies]
         self.concurrency = 0
@@ -782,23 +861,26 @@ class Load:
         which = self.rng.randrange(len(self.bodies))
         sent = self.recorder.now()
         started = time.perf_counter()
-        status, retry_after, correct, error = 0, None, None, ""
+        status, retry_after, correct, error, closed = 0, None, None, "", False
+        headers = {"content-type": "application/json"}
+        if not self.keep_alive:
+            headers["connection"] = "close"
         try:
-            response = await client.post(self.url + "/rerank", content=self.encoded[which],
-                                         headers={"content-type": "application/json", "connection": "close"})
+            response = await client.post(self.url + "/rerank", content=self.encoded[which], headers=headers)
             status, retry_after = response.status_code, response.headers.get("retry-after")
+            closed = self.keep_alive and response.headers.get("connection", "").lower() == "close"
             if status == 200:
                 error = answer_problem(response.json(), self.expected[which])
                 correct = not error
         except httpx.HTTPError as exc:
             error = type(exc).__name__
         self.recorder.samples.append(Sample(sent, time.perf_counter() - started, status, retry_after, correct,
-                                            len(self.bodies[which]["texts"]), error, self.phase, which))
+                                            len(self.bodies[which]["texts"]), error, self.phase, which, closed))
 
     async def _run(self) -> None:
         import httpx
 
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=0)
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256 if self.keep_alive else 0)
         async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits) as client:
 
             async def worker(index: int) -> None:
@@ -835,8 +917,9 @@ class Sampler:
             try:
                 self.recorder.timeline.append({
                     "t": round(self.recorder.now(), 2),
-                    "replicas": self.rehearsal.running_replicas(),
+                    **self.rehearsal.serve_states(),
                     "nodes": self.rehearsal.alive_by_group(),
+                    "service": len(self.rehearsal.service.ready),
                     "clients": self.load.concurrency if self.load is not None else 0,
                 })
             except Exception as exc:  # noqa: BLE001 - one missed sample must not stop the run
@@ -909,6 +992,7 @@ def classify(samples: list[Sample], window: Optional[tuple[float, float]] = None
     out["max_latency_s"] = round(max((s.latency_s for s in chosen), default=0.0), 2)
     rejected = sorted(s.sent_at for s in chosen if s.status in (429, 503))
     out["rejection_span_s"] = round(rejected[-1] - rejected[0], 2) if rejected else 0.0
+    out["closed_connections"] = sum(s.closed for s in chosen)
     return out
 
 
@@ -1256,11 +1340,61 @@ def min_replicas(config: dict) -> dict[str, int]:
 KILL_TARGETS = {"scorer": ("Scorer", GPU_GROUP), "ingress": ("Ingress", CPU_GROUP)}
 
 
+def drain_with_kept_connection(rehearsal: Rehearsal, bodies: list[dict], expected: list[list[float]],
+                               timeout_s: float = 40) -> dict:
+    """A client keeps its connection to one cpu-workers pod (one the Service gave it earlier) while
+    that pod is drained, as on a pod deletion: requests go on over that connection until a response
+    says `Connection: close` (reranker/proxy.py, once the pod's readiness probe has failed), then over
+    a new connection through the Service. Every answer is checked against the oracle."""
+    import httpx
+
+    node_id = node_of(rehearsal, "Ingress", CPU_GROUP)
+    if node_id is None:
+        raise RuntimeError(f"no cpu-workers node holds a RUNNING Ingress replica: {rehearsal.replicas()}")
+    port = rehearsal.proxy_port_of(node_id)
+    out: dict[str, Any] = {"node_id": node_id, "answers": []}
+    rng = random.Random(1)
+
+    def ask(client, when: str) -> bool:
+        which = rng.randrange(len(bodies))
+        sent = time.monotonic()
+        try:
+            response = client.post("/rerank", json=bodies[which])
+        except httpx.HTTPError as exc:
+            out["answers"].append({"when": when, "status": 0, "error": type(exc).__name__})
+            return False
+        closed = response.headers.get("connection", "").lower() == "close"
+        problem = answer_problem(response.json(), expected[which]) if response.status_code == 200 else ""
+        out["answers"].append({"when": when, "status": response.status_code, "correct": response.status_code == 200 and not problem,
+                               "retry_after": response.headers.get("retry-after"), "closed": closed,
+                               "t": round(sent - started, 2)})
+        return closed
+
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as pinned:
+        started = time.monotonic()
+        for _ in range(3):
+            ask(pinned, "before")
+        # The deadline `ray start` gives on SIGTERM: the manifests' drain timeout (Ray's default 30 s).
+        rehearsal.drain_node(node_id, deadline_s=float(rehearsal.pod_ray_env.get("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", 30)))
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            if ask(pinned, "draining"):
+                out["closed_after_s"] = round(time.monotonic() - started, 2)
+                break
+            time.sleep(0.2)
+    with httpx.Client(base_url=rehearsal.url, timeout=60) as through_service:
+        for _ in range(3):
+            ask(through_service, "reconnected")
+    out["in_service_after"] = port in rehearsal.service.ready
+    return out
+
+
 def run_fast(model_dir: Path, repo_root: Path = REPO_ROOT, clients: int = 4, marker: Optional[str] = None,
              kill: str = "scorer", log=print) -> dict:
     """Items 1, 2 and 4 of the rehearsal, short: the design from k8s/, placement from the state API,
-    and one node killed under load: a gpu-workers node holding a scorer (kill="scorer") or a
-    cpu-workers node holding an ingress (kill="ingress")."""
+    one node killed under load: a gpu-workers node holding a scorer (kill="scorer") or a
+    cpu-workers node holding an ingress (kill="ingress"); then a cpu-workers pod drained (as on its
+    deletion) under a client that keeps its connection to it."""
     recorder = Recorder()
     result: dict[str, Any] = {"machine": machine(), "clients": clients}
     # The fast run never needs more than the groups' minimum plus a replacement.
@@ -1288,11 +1422,13 @@ def run_fast(model_dir: Path, repo_root: Path = REPO_ROOT, clients: int = 4, mar
         result["outcomes_all"] = classify(recorder.samples)
         result["placement_after"] = rehearsal.placement()
         result["placement_problems_after"] = placement_problems(result["placement_after"], lost=loss["held"])
+        result["drain"] = drain_with_kept_connection(rehearsal, bodies, expected)
     finally:
         if load is not None:
             load.stop()
         result["events"] = recorder.events
         rehearsal.stop()
+        result["service"] = rehearsal.service_record(recorder.started)
         result["processes_left"] = len(marked_pids(rehearsal.marker))
         result["total_s"] = round(recorder.now(), 1)
     return result
@@ -1315,11 +1451,18 @@ def main(argv=None) -> int:
     # A SIGTERM (a timeout) unwinds like Ctrl-C, so the cluster is stopped on the way out.
     signal.signal(signal.SIGTERM, _interrupt)
     model = args.model
+    made = None
     if model is None:
         from tiny_models import save_tiny_model
 
-        model = save_tiny_model(Path(tempfile.mkdtemp(prefix="rr-model-")), num_labels=2)
-    result = run_fast(model, repo_root=args.repo_root, marker=args.marker, kill=args.kill, clients=args.clients)
+        made = model = save_tiny_model(Path(tempfile.mkdtemp(prefix="rr-model-")), num_labels=2)
+    try:
+        result = run_fast(model, repo_root=args.repo_root, marker=args.marker, kill=args.kill, clients=args.clients)
+    finally:
+        if made is not None:
+            import shutil
+
+            shutil.rmtree(made, ignore_errors=True)
     args.out.write_text(json.dumps(result, indent=1, default=str))
     print(json.dumps({k: result.get(k) for k in ("timings", "placement", "placement_problems", "node_loss",
                                                   "outcomes_during_loss", "processes_left", "total_s")}, indent=1, default=str))

@@ -7,7 +7,9 @@ scorers only on gpu-workers, nothing but the controller and a proxy on the head,
 deployment's replicas on two nodes), and a gpu-workers node killed under load with the two
 scorers it holds (half a GPU each): the other node's scorers serve on, every request gets a
 correct 200 or a 429/503 with Retry-After within seconds, except those whose connection was on
-the lost node's own proxy, and the autoscaler replaces the node.
+the lost node's own proxy, the lost pod leaves the serve Service, and the autoscaler replaces
+the node. Then a cpu-workers pod is drained, as on its deletion, under a client that keeps its
+connection to it: every answer correct, and the connection closed by the draining proxy.
 
 The rehearsal runs in a subprocess: it starts its own multi-node Ray, which must not meet the
 session's Ray of the serving tests. Whatever happens, every process it started is stopped (by the
@@ -90,3 +92,22 @@ def test_cluster_rehearsal_placement_and_node_loss(tmp_path, tiny_model_dir):
     assert loss["unanswered_sent_after_kill"] == 0, loss
     assert loss["unanswered_sent_by_kill"] <= result["clients"], loss
     assert outcomes["max_latency_s"] < 15, outcomes
+
+    # The serve Service (tests/k8s_service.py): every worker pod's proxy, each on its own port,
+    # passed the readiness probe (the head is not in the Service), and the lost pod left it.
+    endpoints = result["service"]["endpoints"]
+    workers_at_start = sum(n for group, n in result["nodes_at_start"].items() if group != cluster_rehearsal.HEAD_TYPE)
+    assert max(len(pods) for _, pods in endpoints) >= workers_at_start, endpoints
+    killed = loss["node_id"][-5:]
+    assert any(killed in pods for _, pods in endpoints) and killed not in endpoints[-1][1], endpoints
+
+    # 5. A cpu-workers pod drained (as on its deletion) under a client that keeps its connection to
+    # it: the draining proxy still answers, correctly, until one answer closes the connection (the
+    # probe failed: reranker/proxy.py); the pod has left the Service, and the client's new
+    # connection is served by another pod.
+    drain = result["drain"]
+    answers = drain["answers"]
+    assert all(a["status"] == 200 and a["correct"] for a in answers), drain
+    assert [a["when"] for a in answers if a["closed"]] == ["draining"], drain
+    assert drain["closed_after_s"] <= 20, drain  # a 5 s probe period, on 2 busy cores
+    assert [a["when"] for a in answers].count("reconnected") == 3 and not drain["in_service_after"], drain
