@@ -155,6 +155,16 @@ def ray_groups(rayservice: dict) -> list[tuple[str, dict]]:
     ]
 
 
+def scorers_per_gpu_pod(scorer: dict) -> int:
+    """How many Scorer replicas one GPU pod (one GPU) holds: 1 / the Scorer's num_gpus, which must
+    divide the GPU evenly."""
+    num_gpus = scorer["ray_actor_options"]["num_gpus"]
+    per_pod = 1 / num_gpus
+    if per_pod != int(per_pod):
+        raise ValueError(f"num_gpus {num_gpus} leaves part of a GPU idle")
+    return int(per_pod)
+
+
 def pod_containers(pod_spec: dict) -> Iterator[dict]:
     yield from pod_spec.get("initContainers", [])
     yield from pod_spec.get("containers", [])

@@ -241,9 +241,7 @@ def test_gpu_scorers_only_on_gpu_workers(rendered, path):
     deployments = {d["name"]: d for d in app["deployments"]}
     scorer = deployments["Scorer"]
     # Scorers per GPU pod (one GPU each) as serve_config.gpu.yaml runs them per GPU.
-    per_pod = 1 / scorer["ray_actor_options"]["num_gpus"]
-    assert per_pod == int(per_pod), f"num_gpus {scorer['ray_actor_options']['num_gpus']} leaves part of a GPU idle"
-    per_pod = int(per_pod)
+    per_pod = h.scorers_per_gpu_pod(scorer)
     gpu_config = yaml.safe_load((h.REPO_ROOT / "serve_config.gpu.yaml").read_text())
     assert per_pod == gpu_config["applications"][0]["args"]["replicas_per_gpu"]["scorer"]
     # The GPU group can hold every scorer replica, and the per-node cap does not stop the packing.

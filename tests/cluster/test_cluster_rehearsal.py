@@ -71,7 +71,7 @@ def test_cluster_rehearsal_placement_and_node_loss(tmp_path, tiny_model_dir):
     loss, outcomes = result["node_loss"], result["outcomes_during_loss"]
     config = cluster_rehearsal.serve_config_v2(cluster_rehearsal.rendered_rayservice())
     scorer = cluster_rehearsal.deployment_of(config, "Scorer")
-    per_pod = round(1 / scorer["ray_actor_options"]["num_gpus"])
+    per_pod = k8s_helpers.scorers_per_gpu_pod(scorer)
     assert loss["held"].get("Scorer") == per_pod, loss
     survivors = result["placement_after"].get(cluster_rehearsal.GPU_GROUP, {}).get("Scorer", 0)
     assert survivors >= scorer["autoscaling_config"]["min_replicas"] - per_pod, result["placement_after"]
