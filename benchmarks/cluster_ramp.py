@@ -16,7 +16,9 @@ file for what it changes and why). In order:
    ingress (or tokenizer); the autoscaler replaces each;
 6. a rolling update of serveConfigV2 (a new Scorer user_config and max_replicas) under load.
 
-Every answer is checked against the tiny model scored in this process with transformers.
+Every answer is checked against the tiny model scored in this process with transformers. The clients
+keep their connections alive, as search clients do (--close-connections: one per request), behind
+tests/k8s_service.py's serve Service (the pods whose proxy passes KubeRay's readiness probe).
 
     python benchmarks/cluster_ramp.py            # about 10 minutes on 2 cores
 """
@@ -110,6 +112,27 @@ def source_commit(args) -> str:
     return sha + (" with uncommitted changes in k8s/" if dirty else "")
 
 
+DECISIONS = ("Upscaling", "Downscaling", "started successfully", "failed health check", "(currently ReplicaState.STARTING)")
+
+
+def serve_decisions(temp_dir: Path, run_started_epoch_s: float) -> list[tuple[float, str]]:
+    """Serve's controller log, what decided the replica counts: each autoscaling decision (with the
+    ongoing requests it saw), each replica started (and how long it took), failed health checks,
+    and replicas stopped while still starting; seconds since the run started."""
+    out = []
+    # session_latest is a link to the session's own directory: each log once.
+    for log in sorted({p.resolve() for p in temp_dir.glob("session_*/logs/serve/controller_[0-9]*.log")}):
+        for line in log.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            message = record.get("message", "")
+            if any(key in message for key in DECISIONS) and "timestamp_ns" in record:
+                out.append((round(record["timestamp_ns"] / 1e9 - run_started_epoch_s, 1), message))
+    return sorted(out)
+
+
 def run(args) -> dict:
     from tiny_models import save_tiny_model
 
@@ -118,7 +141,9 @@ def run(args) -> dict:
     model = args.model or save_tiny_model(Path(tempfile.mkdtemp(prefix="rr-model-")), num_labels=2,
                                           hidden_size=args.hidden_size, num_hidden_layers=args.layers)
     recorder = cr.Recorder()
-    rehearsal = cr.Rehearsal(model, max_workers=args.max_workers, log=print)
+    # The cluster's logs stay (their path is printed at the end): the controller's autoscaling
+    # decisions and the proxies' draining are in them.
+    rehearsal = cr.Rehearsal(model, max_workers=args.max_workers, keep_logs=True, log=print)
     bodies = cr.request_bodies(args.seed, 64, args.min_docs, args.max_docs)
     expected = cr.oracle_scores(model, bodies)
     import machine as bench_machine
@@ -131,7 +156,8 @@ def run(args) -> dict:
               "kuberay_idle_timeout_s": rehearsal.kuberay_config["idle_timeout_minutes"] * 60,
               "rendered_serve_config": cr.serve_config_v2(rehearsal.rayservice),
               "rehearsal_serve_config": rehearsal.serve_config, "changes": cr.REHEARSAL_CHANGES,
-              "pod_ray_env": rehearsal.pod_ray_env, "image_ray_env": rehearsal.image_ray_env, "max_workers_cap": args.max_workers, "model_shape": {"hidden_size": args.hidden_size, "layers": args.layers}}
+              "pod_ray_env": rehearsal.pod_ray_env, "image_ray_env": rehearsal.image_ray_env, "max_workers_cap": args.max_workers, "model_shape": {"hidden_size": args.hidden_size, "layers": args.layers},
+              "keep_alive": not args.close_connections}
     load = sampler = prom = None
     try:
         result["timings"] = cr.start_and_deploy(rehearsal, recorder)
@@ -143,7 +169,7 @@ def run(args) -> dict:
         result["metrics"] = cr.metrics_check(rehearsal, recorder, bodies, expected)
         print("metrics", json.dumps(result["metrics"], default=str), flush=True)
 
-        load = cr.Load(rehearsal.url, recorder, bodies, expected)
+        load = cr.Load(rehearsal.url, recorder, bodies, expected, keep_alive=not args.close_connections)
         sampler.load = load
         load.start(0)
         result["ramp"] = ramp(rehearsal, recorder, load, args)
@@ -195,6 +221,8 @@ def run(args) -> dict:
                                     "client": {"requests": len(ok), "pairs": sum(s.pairs for s in ok)}}
         result["events"] = recorder.events
         rehearsal.stop()
+        result["service"] = rehearsal.service_record(recorder.started)
+        result["serve_decisions"] = serve_decisions(Path(rehearsal.cluster.temp_dir), time.time() - recorder.now())
         result["processes_left"] = len(cr.marked_pids(rehearsal.marker))
         result["total_s"] = round(recorder.now(), 1)
     # Classified once the load has stopped: a request sent in a window may finish long after it.
@@ -255,6 +283,8 @@ def plot(result: dict, path: Path) -> None:
     axes[2].set_ylabel("RUNNING replicas")
     for group, nudge in ((cr.CPU_GROUP, 0.05), (cr.GPU_GROUP, -0.05)):
         axes[3].step(ts, [s["nodes"].get(group, 0) + nudge for s in timeline], where="post", label=f"{group} ({nudge:+.2f})")
+    axes[3].step(ts, [s.get("service", 0) for s in timeline], where="post", color="tab:gray", linestyle=":",
+                 label="worker pods in the serve Service")
     axes[3].set_ylabel("alive nodes")
     axes[3].set_xlabel("seconds since start")
     for ax in axes:
@@ -283,6 +313,46 @@ def kill_time(result: dict, loss: dict) -> float:
     return next((t for t, text in result["events"] if text.startswith(prefix)), loss["killed_at_s"])
 
 
+def service_lines(result: dict) -> list[str]:
+    """The serve Service's endpoints over the run, draining proxies and the connections they closed,
+    and replicas that were not RUNNING."""
+    timeline, samples = result["recorder"].timeline, result["recorder"].samples
+    closed = [s for s in samples if s.closed]
+    by_phase: dict[str, int] = {}
+    for s in closed:
+        by_phase[s.phase] = by_phase.get(s.phase, 0) + 1
+    draining = [s["t"] for s in timeline if s.get("proxies", {}).get("DRAINING")]
+    service = result.get("service", {})
+    lines = ["", "## The serve Service and draining proxies", "",
+             "A worker pod is in the serve Service while its proxy passes KubeRay's readiness probe (tests/k8s_service.py); "
+             "a proxy whose node has no replica left drains (its probe fails) and Serve stops it 30 s or more later. "
+             "While draining, `reranker/proxy.py` closes every connection it answers, so a client that keeps its "
+             "connection moves to a ready pod.", "",
+             f"- Proxies DRAINING at some point in {len(draining)} of {len(timeline)} samples "
+             f"(first at {draining[0] if draining else '-'} s, last at {draining[-1] if draining else '-'} s); at most "
+             f"{max((s.get('proxies', {}).get('DRAINING', 0) for s in timeline), default=0)} at once.",
+             f"- Responses that closed a kept-alive connection: {len(closed)} {by_phase or ''}"
+             + ("" if result.get("keep_alive") else " (the clients closed every connection themselves)") + ".",
+             "- Endpoints of the Service (worker pods whose proxy passed the probe) at each change: "
+             + "; ".join(f"{t} s: {len(pods)} ({', '.join(pods)})" for t, pods in service.get("endpoints", [])) + ".",
+             f"- Probes by outcome {service.get('probes')} (timeout {service.get('probe_timeout_s')} s); the slowest "
+             f"answer took {service.get('slowest_answer_s')} s; the Service's own loop woke up at most "
+             f"{service.get('max_loop_lag_s')} s late; {service.get('refused_connections')} connections closed "
+             "for want of a ready pod."]
+    not_running: dict[str, dict[str, int]] = {}
+    for s in timeline:
+        for deployment, states in s.get("other_states", {}).items():
+            for state, n in states.items():
+                peak = not_running.setdefault(deployment, {})
+                peak[state] = max(peak.get(state, 0), n)
+    lines.append(f"- Replicas not RUNNING, the most at once per state: {not_running or 'none'}.")
+    for deployment in cr.DEPLOYMENTS:
+        starting = [s["t"] for s in timeline if s.get("other_states", {}).get(deployment, {}).get("STARTING")]
+        if starting:
+            lines.append(f"- {deployment} replicas STARTING in {len(starting)} samples, from {starting[0]} s to {starting[-1]} s.")
+    return lines
+
+
 def fmt_load(loadavg) -> str:
     return " / ".join(f"{x:.2f}" for x in loadavg)
 
@@ -303,7 +373,8 @@ def report(result: dict, path: Path, png: Path) -> None:
         f"{result['model_shape']['hidden_size']} and {result['model_shape']['layers']} layers (wider than the tests' "
         "tiny one, so scoring is what the load waits on). The load generator runs on the same cores: closed-loop "
         "clients, `POST /rerank` with 4-24 multilingual passages, every answer checked against transformers in its "
-        "process.",
+        "process; " + ("the clients keep their connections alive (one pool, as search clients do)."
+                       if result.get("keep_alive") else "one connection per request."),
         "",
         f"{result['cpu']}. Run `{result['command']}` from {result['started_utc']} to {result['ended_utc']} UTC; "
         f"load average before {fmt_load(result['loadavg_before'])}, after {fmt_load(result['loadavg_after'])} "
@@ -361,6 +432,13 @@ def report(result: dict, path: Path, png: Path) -> None:
                      f"{sum(1 for s in inside if s.status not in (200, 429, 503))} | {len(ok) / span if span else 0:.1f} | "
                      f"{cr.percentile([s.latency_s for s in ok], 50) * 1000:.0f} | {cr.percentile([s.latency_s for s in ok], 99) * 1000:.0f} |")
 
+    lines += service_lines(result)
+    decisions = result.get("serve_decisions") or []
+    lines += ["", "## Serve's decisions (its controller's log)", "",
+              "What set the replica counts above: Serve's autoscaling decisions with the ongoing requests they saw, "
+              "replicas started (and how long they took), failed health checks, and replicas stopped while starting.",
+              "", "| t (s) | controller |", "|---|---|"]
+    lines += [f"| {t} | {message.replace('|', '/')} |" for t, message in decisions] or ["| - | (no controller log) |"]
     lines += ["", "## Nodes lost under load", ""]
     for loss in result.get("losses", []):
         if "error" in loss:
@@ -445,6 +523,8 @@ def parse_args(argv=None):
     parser.add_argument("--hold-s", type=float, default=240, help="longest wait for the Scorer and gpu-workers at max")
     parser.add_argument("--cooldown-s", type=float, default=240, help="longest wait for the way back to the minimum")
     parser.add_argument("--fault-clients", type=int, default=6)
+    parser.add_argument("--close-connections", action="store_true",
+                        help="one connection per request (default: the clients keep connections alive, as search clients do)")
     parser.add_argument("--min-docs", type=int, default=4)
     parser.add_argument("--max-docs", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
