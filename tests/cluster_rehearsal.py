@@ -59,6 +59,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -559,33 +560,26 @@ class Rehearsal:
     def serve_details(self) -> dict:
         return self._get("/api/serve/applications/")
 
-    def replicas(self) -> dict[str, list[dict]]:
-        """deployment -> its replicas (state, node_id, actor_id, pid) from Serve's controller."""
-        details = self.serve_details()
+    def replicas(self, details: dict | None = None) -> dict[str, list[dict]]:
+        """deployment -> its replicas (state, node_id, actor_id, pid) from Serve's controller
+        (from `details`, one read of Serve's details, when given)."""
+        details = self.serve_details() if details is None else details
         app = (details.get("applications") or {}).get(APP) or {}
         return {name: d.get("replicas", []) for name, d in (app.get("deployments") or {}).items()}
 
-    def running_replicas(self) -> dict[str, int]:
-        return {name: sum(1 for r in reps if r.get("state") == "RUNNING") for name, reps in self.replicas().items()}
+    def running_replicas(self, details: dict | None = None) -> dict[str, int]:
+        return {name: sum(1 for r in reps if r.get("state") == "RUNNING")
+                for name, reps in self.replicas(details).items()}
 
     def serve_states(self) -> dict:
         """RUNNING replicas per deployment, replicas in every other state ({deployment: {state: n}}),
         and proxies per status ({status: n}), from one read of Serve's details."""
         details = self.serve_details()
-        app = (details.get("applications") or {}).get(APP) or {}
-        running, other = {}, {}
-        for name, deployment in (app.get("deployments") or {}).items():
-            for replica in deployment.get("replicas", []):
-                state = replica.get("state")
-                if state == "RUNNING":
-                    running[name] = running.get(name, 0) + 1
-                else:
-                    other.setdefault(name, {})[state] = other.get(name, {}).get(state, 0) + 1
-            running.setdefault(name, 0)
-        proxies: dict[str, int] = {}
-        for proxy in (details.get("proxies") or {}).values():
-            proxies[proxy.get("status")] = proxies.get(proxy.get("status"), 0) + 1
-        return {"replicas": running, "other_states": other, "proxies": proxies}
+        other = {name: dict(Counter(r.get("state") for r in reps if r.get("state") != "RUNNING"))
+                 for name, reps in self.replicas(details).items()}
+        proxies = Counter(proxy.get("status") for proxy in (details.get("proxies") or {}).values())
+        return {"replicas": self.running_replicas(details), "other_states": {k: v for k, v in other.items() if v},
+                "proxies": dict(proxies)}
 
     def app_status(self) -> str:
         app = (self.serve_details().get("applications") or {}).get(APP) or {}
