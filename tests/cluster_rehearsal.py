@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import prometheus_text
 from k8s_service import ServeService
 from ports import free_port, free_port_block
 from rehearsal_provider import MAX_NODES, PORT_BASE_ENV, proxy_port
@@ -1035,14 +1036,11 @@ def scrape_nodes(rehearsal: Rehearsal, failed: Optional[list] = None) -> dict[st
 
 
 def metric_samples(text: str, name: str, **labels) -> list[tuple[dict, float]]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return [(sample.labels, sample.value) for family in text_string_to_metric_families(text) for sample in family.samples
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())]
+    return [(sample.labels, sample.value) for sample in prometheus_text.samples(text, name, **labels)]
 
 
 def metric_total(text: str, name: str, **labels) -> float:
-    return sum(value for _, value in metric_samples(text, name, **labels))
+    return prometheus_text.total(text, name, **labels)
 
 
 REQUESTS_200 = ("ray_reranker_requests_total", {"route": "/rerank", "status_code": "200"})

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import prometheus_text
 from conftest import reranker_app
 
 SMALL_SCORER = {"num_cpus": 0.1, "num_gpus": 0}
@@ -168,15 +169,8 @@ def files_containing(needles: list[str], root: Path | None = None) -> dict[str, 
 
 def metric_samples(text: str, name: str, **labels) -> list:
     """Samples named `name` (e.g. 'ray_reranker_requests_total') whose labels include `labels`."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out = []
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                out.append(sample)
-    return out
+    return prometheus_text.samples(text, name, **labels)
 
 
 def metric_sum(text: str, name: str, **labels) -> float:
-    return sum(sample.value for sample in metric_samples(text, name, **labels))
+    return prometheus_text.total(text, name, **labels)
