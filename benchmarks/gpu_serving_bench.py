@@ -10,7 +10,7 @@ One run, one machine, side by side (issue 13):
              sends them.
   http       the whole app from --config (the README's command) over HTTP on 127.0.0.1: low-load
              1 x 50 p50/p99; then --clients closed-loop clients: pairs/s, CPU milliseconds per
-             request of every process, per-stage times from /metrics, GPU busy, and every answer's
+             request of every process, per-stage times from the node's metrics export, GPU busy, and every answer's
              scores checked against the in-process scorer's.
   overload   --overload-clients closed-loop clients: the fraction of answers that are 429.
 
@@ -319,10 +319,10 @@ def stage_mean(after: dict, before: dict, stage: str) -> dict:
     return {"mean_ms": total / count * 1000 if count else None, "count": count}
 
 
-async def read_metrics(client, settle_s: float = 3.0) -> dict[str, float]:
-    await asyncio.sleep(settle_s)  # the metrics agent exports every second (RAY_metrics_report_interval_ms)
-    async with client.get("/metrics") as response:
-        return metric_totals(await response.text())
+async def read_metrics(args) -> dict[str, float]:
+    """metric_totals of the node's metrics agent: it keeps the counters of replicas that stop during
+    a window (the app's /metrics leaves them out, so a delta across a scale-down would lose them)."""
+    return await asyncio.to_thread(node_metric_totals, args.metrics_port)
 
 
 class GpuSampler:
@@ -442,7 +442,7 @@ async def handle_phase(args, config: dict, model_dir: Path, parts: list, own_rat
         stop_at = time.perf_counter() + args.handle_warmup_s
         await asyncio.gather(*(caller(i) for i in range(args.callers)))
         pairs = 0
-        metrics_before = await asyncio.to_thread(node_metric_totals, args.metrics_port)
+        metrics_before = await read_metrics(args)
         before = cpu_snapshot(roles)
         started = time.perf_counter()
         stop_at = started + args.handle_s
@@ -450,7 +450,7 @@ async def handle_phase(args, config: dict, model_dir: Path, parts: list, own_rat
             await asyncio.gather(*(caller(i) for i in range(args.callers)))
         elapsed = time.perf_counter() - started
         cpu = cpu_by_role(roles, before, cpu_snapshot(roles))
-        metrics_after = await asyncio.to_thread(node_metric_totals, args.metrics_port)
+        metrics_after = await read_metrics(args)
         return pairs, elapsed, cpu, batch_stats(metrics_after, metrics_before)
 
     pairs, elapsed, cpu, batches = await drive()
@@ -581,10 +581,10 @@ async def http_phases(args, url: str, requests, expected, app: str, scorer_repli
             info = await response.json()  # the scorers' describe(): backend, dtype, cuda_graphs, capture time
         roles = serve_processes(app)
         low = Answers()
-        low_before = await read_metrics(client)
+        low_before = await read_metrics(args)
         for index in range(args.low_load_requests):
             await post(client, requests, expected, index, low)
-        low_after = await read_metrics(client)
+        low_after = await read_metrics(args)
         # Where a lone request's time goes (bucket estimates: Ray exports histogram sums from bucket midpoints).
         low_stages = {stage: stage_mean(low_after, low_before, stage)["mean_ms"] for stage in STAGES}
         print(f"low load 1 x 50: p50 {percentile_ms(low.latencies, 50):.1f} ms, "
@@ -593,7 +593,7 @@ async def http_phases(args, url: str, requests, expected, app: str, scorer_repli
 
         await closed_loop(client, requests, expected, args.clients, args.http_warmup_s)
         roles = serve_processes(app)  # replicas the warm-up may have added
-        metrics_before = await read_metrics(client)
+        metrics_before = await read_metrics(args)
         cpu_before = cpu_snapshot(roles)
         with GpuSampler() as gpu, Profiles(args.profile_dir and Path(args.profile_dir) / "http", roles,
                                            args.http_s - 2, args.profile_gil):
@@ -602,7 +602,7 @@ async def http_phases(args, url: str, requests, expected, app: str, scorer_repli
         started = {pid: role for pid, role in serve_processes(app).items() if pid not in roles}
         roles = {**roles, **started}
         cpu = cpu_by_role(roles, {**cpu_before, **dict.fromkeys(started, 0.0)}, cpu_snapshot(roles))
-        metrics_after = await read_metrics(client)
+        metrics_after = await read_metrics(args)
 
         overload = None
         if args.overload_clients:

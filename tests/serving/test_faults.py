@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import MULTILINGUAL_TEXTS, QUERY, reranker_app
 from reference import reference_scores
-from serving_helpers import files_containing, logs_dir, metric_sum, poll
+from serving_helpers import files_containing, logs_dir, metric_samples, metric_sum, poll
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
@@ -196,6 +196,18 @@ def test_scorer_replica_killed_mid_load_loses_no_request(fault_apps, tiny_model_
     for query, _, body in outcomes:
         assert [item["index"] for item in body] == expected[query]
     assert len(outcomes) > killed_at
+
+    # Ray's agent keeps the killed replica's counters (Ray 2.60 evicts only gauges); /metrics passes
+    # on the series of running replicas only, so replicas that come and go do not pile up there.
+    victim, survivor = (name.rsplit("#", 1)[-1] for name in sorted(before))
+
+    def scored_by(text: str) -> set[str]:
+        return {s.labels["replica"] for s in metric_samples(text, "ray_reranker_pairs_scored_total", application="faults_kill")}
+
+    assert victim in scored_by(httpx.get(f"http://127.0.0.1:{fault_apps.metrics_port}/metrics", timeout=30).text)
+    shown = poll(lambda: (r := scored_by(httpx.get(url + "/metrics", timeout=30).text)) and victim not in r and r,
+                 30, "the killed replica's series to leave /metrics")
+    assert survivor in shown, shown
 
 
 @pytest.mark.timeout(240)
