@@ -10,8 +10,9 @@ Only replicas that are running pass: Ray 2.60's agent keeps a replica's counters
 after the replica is gone (it evicts only gauges that stop being reported), so every replica that
 ever ran on the node would stay in the export, about 130 lines each, until the node restarts (an
 autoscaled service starts new ones every day). A replica is running while its own
-`ray_serve_replica_processing_queries` gauge is in the export (the agent drops a gauge that misses
-two export intervals, 20 s by default, so a gone replica leaves within that); the series that replicas emit about
+`ray_serve_replica_processing_queries` gauge is in the export (a running replica sets it every
+`RAY_SERVE_METRICS_EXPORT_INTERVAL_MS`, 100 ms by default, idle or not; the agent drops a gauge that
+misses two export intervals, 20 s by default, so a gone replica leaves within that); the series that replicas emit about
 themselves (ours, and Serve's request and batch metrics) are passed on only for those, as a
 process's metrics end with the process. Series the controller and the proxies emit are left as they are.
 
