@@ -8,7 +8,7 @@ re-rendered: on an idle 2-core node the parse alone took 0.35-0.55 s per scrape 
 
 Only replicas that are running pass: Ray 2.60's agent keeps a replica's counters and histograms
 after the replica is gone (it evicts only gauges that stop being reported), so every replica that
-ever ran on the node would stay in the export, about 130 lines each, until the node restarts (an
+ever ran on the node would stay in the export, about 200 lines each, until the node restarts (an
 autoscaled service starts new ones every day). A replica is running while its own
 `ray_serve_replica_processing_queries` gauge is in the export (a running replica sets it every
 `RAY_SERVE_METRICS_EXPORT_INTERVAL_MS`, 100 ms by default, idle or not; the agent drops a gauge that
