@@ -11,10 +11,11 @@ after the replica is gone (it evicts only gauges that stop being reported), so e
 ever ran on the node would stay in the export, about 200 lines each, until the node restarts (an
 autoscaled service starts new ones every day). A replica is running while its own
 `ray_serve_replica_processing_queries` gauge is in the export (a running replica sets it every
-`RAY_SERVE_METRICS_EXPORT_INTERVAL_MS`, 100 ms by default, idle or not; the agent drops a gauge that
-misses two export intervals, 20 s by default, so a gone replica leaves within that); the series that replicas emit about
-themselves (ours, and Serve's request and batch metrics) are passed on only for those, as a
-process's metrics end with the process. Series the controller and the proxies emit are left as they are.
+`RAY_SERVE_METRICS_EXPORT_INTERVAL_MS`, 100 ms by default, idle or not; the agent drops a gauge
+that misses two export intervals, 20 s by default, so a gone replica leaves within that). The
+series that replicas emit about themselves (ours, and Serve's request and batch metrics) are passed
+on only for those, as a process's metrics end with the process; series the controller and the
+proxies emit are left as they are.
 
 The agent's own port (Ray's `metrics_export_port`, what the PodMonitor in k8s/ scrapes) has every
 Ray metric, gone replicas included; a multi-node cluster is scraped per node, and summing across
