@@ -15,7 +15,6 @@ Re-run this on a Ray upgrade: if the agent's column stops growing, the filter ha
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import tempfile
 import time
@@ -25,18 +24,26 @@ from pathlib import Path
 import bench_env  # noqa: F401 - first: sys.path and the offline hub
 from machine import describe
 
-REPLICA = re.compile(r'[{,]replica="([^"]*)"')
-RUNNING_GAUGE = "ray_serve_replica_processing_queries{"
+from reranker.metrics_export import REPLICA_LABEL, running_replica_ids
 
 
-def replica_ids(text: str, prefix: str = "") -> set[str]:
-    """Replica ids on the sample lines of an exposition (only lines starting with `prefix`)."""
-    return {m.group(1) for line in text.splitlines() if line.startswith(prefix) and not line.startswith("#")
-            for m in [REPLICA.search(line)] if m}
+def replica_ids(text: str) -> set[str]:
+    """Replica ids on the sample lines of an exposition."""
+    return {m.group(1) for line in text.splitlines() if not line.startswith("#") for m in [REPLICA_LABEL.search(line)] if m}
+
+
+def running(text: str) -> int:
+    """Replicas whose running gauge is in the exposition (what /metrics filters by)."""
+    return len(running_replica_ids(text.splitlines()))
 
 
 def sample_lines(text: str) -> int:
     return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def read(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as answer:  # noqa: S310 - loopback http URL
+        return answer.read().decode()
 
 
 def tokenizer_actors(app: str) -> list[dict]:
@@ -72,12 +79,11 @@ def main(argv=None) -> int:
                         response = http.post("/rerank", json={"query": "q", "texts": ["a b", "c d e"]})
                         assert response.status_code == 200, response.text
                     time.sleep(4)  # the agent's export is refreshed every second in this cluster
-                    with urllib.request.urlopen(agent_url, timeout=30) as answer:
-                        agent = answer.read().decode()
+                    agent = read(agent_url)
                     served = http.get("/metrics").text
                     rows.append({"round": round_index, "agent_bytes": len(agent), "agent_lines": sample_lines(agent),
                                  "agent_replicas": len(replica_ids(agent)),
-                                 "running": len(replica_ids(agent, RUNNING_GAUGE)),
+                                 "running": running(agent),
                                  "metrics_bytes": len(served), "metrics_lines": sample_lines(served),
                                  "metrics_replicas": len(replica_ids(served))})
                     print(rows[-1], flush=True)
@@ -87,18 +93,17 @@ def main(argv=None) -> int:
                         time.sleep(2)
                         cluster.wait_ready("/", timeout_s=180)
                 time.sleep(args.wait_s)
-                with urllib.request.urlopen(agent_url, timeout=30) as answer:
-                    agent = answer.read().decode()
+                agent = read(agent_url)
                 served = http.get("/metrics").text
         finally:
             cluster.stop()
 
     print()
-    print("| round | Tokenizer replicas replaced | agent export: bytes | lines | replica ids | of them running |"
-          " `/metrics`: bytes | lines | replica ids |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| Tokenizer replicas replaced | agent export: bytes | sample lines | replica ids | of them running |"
+          " `/metrics`: bytes | sample lines | replica ids |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['round']} | {row['round']} | {row['agent_bytes']:,} | {row['agent_lines']:,} | "
+        print(f"| {row['round']} | {row['agent_bytes']:,} | {row['agent_lines']:,} | "
               f"{row['agent_replicas']} | {row['running']} | {row['metrics_bytes']:,} | {row['metrics_lines']:,} | "
               f"{row['metrics_replicas']} |")
     first, last = rows[0], rows[-1]
@@ -108,7 +113,7 @@ def main(argv=None) -> int:
         print(f"\nper replaced replica: agent export +{per['agent_bytes']:,.0f} bytes, +{per['agent_lines']:.0f} lines; "
               f"/metrics +{per['metrics_bytes']:,.0f} bytes, +{per['metrics_lines']:.0f} lines")
     print(f"after {args.wait_s:.0f} s idle: agent export holds {len(replica_ids(agent))} replica ids "
-          f"({len(replica_ids(agent, RUNNING_GAUGE))} running); /metrics {len(replica_ids(served))}")
+          f"({running(agent)} running); /metrics {len(replica_ids(served))}")
     return 0
 
 

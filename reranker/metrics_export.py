@@ -99,7 +99,7 @@ def replica_side(family: str) -> bool:
     return family.startswith(RERANKER_PREFIX) or family in SERVE_REPLICA_FAMILIES
 
 
-def running_replicas(lines: list[str]) -> set[str]:
+def running_replica_ids(lines: list[str]) -> set[str]:
     """The `replica` label of every running replica's gauge in these exposition lines."""
     out = set()
     for line in lines:
@@ -115,7 +115,7 @@ def filter_exposition(text: str) -> bytes:
     labels dropped, replica-side series of replicas that no longer run left out."""
     lines = text.splitlines()
     # With no gauge at all (before any replica has reported) there is nothing to tell gone from running.
-    running = running_replicas(lines)
+    running = running_replica_ids(lines)
     out = []
     for line in lines:
         if not line:
