@@ -1,9 +1,10 @@
 """ONNX Runtime backend for CPU scoring: export once, cache beside the model, optionally int8.
 
 The fp32 file is the `torch.onnx.export` graph fused by ORT's BERT optimizer (Attention,
-SkipLayerNorm, BiasGelu); the int8 file is that fused graph with its projections rewritten to
-int8 products (per-token activations, per-channel weights, smoothed: `reranker/backends/onnx_int8.py`).
-Both live in
+SkipLayerNorm, BiasGelu), its last layer run for the [CLS] token only where that provably changes
+nothing (`reranker/backends/onnx_cls_only.py`); the int8 file is that graph with its projections
+rewritten to int8 products (per-token activations, per-channel weights, smoothed:
+`reranker/backends/onnx_int8.py`). Both live in
 `<onnx_cache_dir or ~/.cache/reranker/onnx>/<model id>/<revision or local-hash>/` (the fp32
 weights in a `.data` file beside the graph),
 are exported at start-up when missing (in a child process, so the serving process never holds the
@@ -35,10 +36,12 @@ from reranker.model_files import model_file, describe_load_failure, is_local_pat
 
 logger = logging.getLogger("ray.serve")
 
-FP32_FILE = "model.onnx"
-# Named for the method, so that a cache written by an earlier quantizer is not picked up: the
-# per-tensor one, or the per-token u8 x s8 one that saturated on CPUs without VNNI.
-INT8_FILE = "model-int8-per-token-u8u8.onnx"
+# Versioned by method, so that a cache written by an earlier export is not picked up: v1 ran the
+# last layer for every token (v2 prunes it where that provably changes nothing: onnx_cls_only.py);
+# int8 files of the per-tensor quantizer or of the per-token u8 x s8 one, which saturated on CPUs
+# without VNNI, are not named like this either.
+FP32_FILE = "model-v2.onnx"
+INT8_FILE = "model-v2-int8-per-token-u8u8.onnx"
 OPSET = 17
 
 
@@ -90,8 +93,10 @@ def _replace_atomically(write, target: Path) -> None:
             os.unlink(tmp)
 
 
-def export_fp32(model: str, revision: Optional[str], target: Path) -> None:
-    """torch.onnx.export of the classification model (dynamic batch and sequence), then BERT fusion."""
+def export_fp32(model: str, revision: Optional[str], target: Path, cls_only: bool = True) -> None:
+    """torch.onnx.export of the classification model (dynamic batch and sequence), then BERT fusion,
+    then (unless `cls_only` is False, which benchmarks/scorer_bench.py uses for its baseline) the
+    last layer pruned to the [CLS] token where that changes nothing."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -124,11 +129,12 @@ def export_fp32(model: str, revision: Optional[str], target: Path) -> None:
             opt_level=0, use_gpu=False,
         )
         logger.info("ONNX fusion: %s", optimized.get_fused_operator_statistics())
-        _publish_with_external_data(optimized, target, Path(work))
+        _publish_with_external_data(optimized, target, Path(work), config.vocab_size, cls_only)
 
 
-def _publish_with_external_data(optimized, target: Path, work: Path) -> None:
-    """Saves the graph as `target` with its weights in one file beside it, the data file first.
+def _publish_with_external_data(optimized, target: Path, work: Path, vocab_size: int, cls_only: bool) -> None:
+    """Saves the graph as `target` with its weights in one file beside it, the data file first
+    (with `cls_only`, the last layer pruned to [CLS] first, checked on random ids below `vocab_size`).
 
     ONNX Runtime maps the weights it keeps as they are (for mBERT mostly the 312 MiB word
     embedding; the projections are copied once, prepacked) from the file instead of copying them,
@@ -139,9 +145,17 @@ def _publish_with_external_data(optimized, target: Path, work: Path) -> None:
     export, so a model file never points at another export's weights; the loser of two concurrent
     exports leaves its data file behind.
     """
+    from reranker.backends.onnx_cls_only import prune_file
+
     staged = work / f"{target.stem}-{os.urandom(4).hex()}{target.suffix}"
     optimized.save_model_to_file(str(staged), use_external_data_format=True, all_tensors_to_one_file=True)
     data = staged.with_name(staged.name + ".data")  # the location the model file records
+    if cls_only:
+        kept_whole = prune_file(staged, vocab_size)
+        if kept_whole:
+            logger.info("ONNX export keeps the last layer whole: %s", kept_whole)
+        else:
+            logger.info("ONNX export runs the last layer for the [CLS] token only (onnx_cls_only.py)")
     for path in (data, staged):
         os.chmod(path, 0o644)  # an image may serve as another user
     os.replace(data, target.parent / data.name)

@@ -23,8 +23,10 @@ instead (benchmarks/RESULTS.md, section 3, has the measurements):
 
 Quantized: the QKV projection of every fused `Attention` op (it becomes int8 QKV + `Split` +
 `MultiHeadAttention`, which takes projected Q, K and V) and every `MatMul` with a 2-D weight (the
-attention output and both feed-forward projections). The pooler and classifier stay fp32: they
-see one token per pair and cost nothing.
+attention output and both feed-forward projections, and the last layer's QKV projection where
+the export pruned that layer to [CLS]: onnx_cls_only.py; the projections after it then see token 0
+alone, and are calibrated on it). The pooler and classifier stay fp32: they see one token per
+pair and cost nothing.
 """
 
 from __future__ import annotations
@@ -128,7 +130,8 @@ def activation_absmax(model, batches) -> dict:
     for feeds in batches:
         real = feeds["attention_mask"].astype(bool)
         for name, value in zip(names, session.run(names, feeds)):
-            channel_max = np.abs(value[real]).max(axis=0)
+            # A tensor of the last layer holds token 0 only where that layer is pruned (onnx_cls_only.py).
+            channel_max = np.abs(value[real[:, : value.shape[1]]]).max(axis=0)
             absmax[name] = channel_max if name not in absmax else np.maximum(absmax[name], channel_max)
     return absmax
 
