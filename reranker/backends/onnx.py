@@ -43,6 +43,7 @@ logger = logging.getLogger("ray.serve")
 FP32_FILE = "model-v2.onnx"
 INT8_FILE = "model-v2-int8-per-token-u8u8.onnx"
 OPSET = 17
+PRUNING_LOG_PREFIX = "ONNX export"  # the export child's lines that the serving process logs again
 
 
 def default_cache_root() -> Path:
@@ -153,9 +154,9 @@ def _publish_with_external_data(optimized, target: Path, work: Path, vocab_size:
     if cls_only:
         kept_whole = prune_file(staged, vocab_size)
         if kept_whole:
-            logger.info("ONNX export keeps the last layer whole: %s", kept_whole)
+            logger.info("%s keeps the last layer whole: %s", PRUNING_LOG_PREFIX, kept_whole)
         else:
-            logger.info("ONNX export runs the last layer for the [CLS] token only (onnx_cls_only.py)")
+            logger.info("%s runs the last layer for the [CLS] token only (onnx_cls_only.py)", PRUNING_LOG_PREFIX)
     for path in (data, staged):
         os.chmod(path, 0o644)  # an image may serve as another user
     os.replace(data, target.parent / data.name)
@@ -219,6 +220,9 @@ def exported_in_child(model: str, revision: Optional[str] = None, int8: bool = F
         raise ModelLoadError(lines[-1][len("error: "):] if lines else f"ONNX export of {model} failed: {child.stderr[-2000:]}")
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     logger.info("Exported %s to %s in %.1f s in a child process (peak RSS of any child so far %.0f MiB)", model, path, elapsed, peak_mib)
+    for line in child.stderr.splitlines():  # whether the last layer was pruned to [CLS], or why not
+        if line.startswith(PRUNING_LOG_PREFIX):
+            logger.info("%s", line)
     return path
 
 

@@ -140,3 +140,10 @@ def test_an_export_whose_pruned_graph_fails_its_check_keeps_the_layer_whole(tiny
     assert ops["Attention"] == 2 and ops["MultiHeadAttention"] == 0
     assert [p.name for p in path.parent.glob("*.onnx")] == [FP32_FILE]
     assert reason in caplog.text
+
+
+def test_the_serving_process_logs_whether_its_export_child_pruned(tiny_model_dir, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ray.serve")
+    path = onnx_backend.exported_in_child(str(tiny_model_dir), None, cache_root=str(tmp_path))
+    assert path.name == FP32_FILE
+    assert "ONNX export runs the last layer for the [CLS] token only" in caplog.text
