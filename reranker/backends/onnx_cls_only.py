@@ -20,6 +20,7 @@ match (benchmarks/RESULTS.md section 1 has its speed).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -42,9 +43,10 @@ class NotPrunable(Exception):
 
 
 def _constants(model) -> dict:
+    """{name: TensorProto} of the initializers and of the `Constant` nodes that hold a tensor."""
     values = {init.name: init for init in model.graph.initializer}
     for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute:
+        if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]:
             values[node.output[0]] = helper.get_attribute_value(node.attribute[0])
     return values
 
@@ -64,7 +66,9 @@ def _is_token_zero(node, constants: dict) -> bool:
         if any(v is None or v.size != 1 for v in (starts, ends, axes)):
             return False
         steps = value(node.input[4]) if len(node.input) > 4 and node.input[4] else np.array([1])
-        return int(axes[0]) == 1 and int(starts[0]) == 0 and int(ends[0]) == 1 and steps is not None and int(steps[0]) == 1
+        if steps is None or steps.size != 1:
+            return False
+        return int(axes[0]) == 1 and int(starts[0]) == 0 and int(ends[0]) == 1 and int(steps[0]) == 1
     return False
 
 
@@ -193,8 +197,6 @@ def prune_file(path, vocab_size: int, tolerance: float = 1e-4) -> Optional[str]:
     """Rewrites the graph at `path` (its weights in an external file beside it, left as they are)
     with the last layer pruned, once the two graphs give the same logits; returns None, or why the
     whole graph was kept."""
-    from pathlib import Path
-
     path = Path(path)
     graph = onnx.load(str(path), load_external_data=False)
     try:
