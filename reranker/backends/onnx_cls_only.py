@@ -35,6 +35,8 @@ ROW_WISE = {
     (_MS, "SkipLayerNormalization"), (_MS, "BiasGelu"), (_MS, "FastGelu"), (_MS, "Gelu"),
     (_MS, "SkipSimplifiedLayerNormalization"), (_MS, "SimplifiedLayerNormalization"),
 }
+# The fused Attention's attributes that MultiHeadAttention takes as they are (the int8 rewrite
+# turns Attention into MultiHeadAttention too, and refuses the others likewise).
 ATTENTION_ATTRIBUTES = {"num_heads", "mask_filter_value", "scale"}
 
 

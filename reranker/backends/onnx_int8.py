@@ -38,6 +38,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from reranker.backends.onnx_cls_only import ATTENTION_ATTRIBUTES
 from reranker.errors import ModelLoadError
 
 # Calibration text: only the per-channel maximum of each quantized activation is taken from it,
@@ -195,7 +196,7 @@ def quantize_model(model, absmax: dict, alpha: float = SMOOTHING_ALPHA):
             continue
         # Attention(x, W_qkv, b_qkv, mask) -> MultiHeadAttention(split(int8(x @ W_qkv)), b_qkv, mask)
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        unsupported = set(attrs) - {"num_heads", "mask_filter_value", "scale"}
+        unsupported = set(attrs) - ATTENTION_ATTRIBUTES
         if unsupported or len(node.input) > 4:
             raise ModelLoadError(
                 f"onnx-int8 cannot rewrite Attention node {node.name!r} (attributes {sorted(attrs)}, "
