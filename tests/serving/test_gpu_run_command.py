@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -145,12 +146,18 @@ def test_readme_gpu_command_serves_through_haproxy_and_stops_on_ctrl_c(tiny_mode
 
         # 24 concurrent requests, each its own rotation of the passages: every answer is its own,
         # and with 2 calls in flight per callee (the GPU config) some calls carry several requests.
+        # Each client opens its connection first and all post at one moment, so the requests
+        # reach the ingress together however slow the machine is to start threads and connect.
         variants = [MULTILINGUAL_TEXTS[i % 5:] + MULTILINGUAL_TEXTS[: i % 5] for i in range(24)]
         queries = [f"{QUERY} {i}" for i in range(24)]
+        together = threading.Barrier(24)
 
         def rerank(i: int) -> np.ndarray:
             body = {"query": queries[i], "texts": variants[i], "raw_scores": True}
-            return raw_scores(httpx.post(base + "/rerank", json=body, timeout=60), len(variants[i]))
+            with httpx.Client(base_url=base, timeout=60) as client:
+                assert client.get("/health").status_code == 200  # the connection, open before the burst
+                together.wait(timeout=60)
+                return raw_scores(client.post("/rerank", json=body), len(variants[i]))
 
         with ThreadPoolExecutor(24) as pool:
             answers = list(pool.map(rerank, range(24)))
