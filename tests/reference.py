@@ -3,6 +3,7 @@ this project's own in-process path (PairEncoder, then ModelScorer)."""
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 import numpy as np
@@ -41,6 +42,8 @@ class Ours:
     """This project's path: PairEncoder (torch-free tokenizer) then ModelScorer, on CPU.
 
     `settings` are RerankerSettings fields (backend, dtype, onnx_cache_dir, max_batch_size...).
+    ONNX exports go to the session's cache (conftest.py), as the served apps' do, unless
+    `onnx_cache_dir` says otherwise: never into ~/.cache, and each tiny model once per session.
     """
 
     def __init__(self, model_dir, **settings):
@@ -49,6 +52,7 @@ class Ours:
         from reranker.tokenization import PairEncoder
         from reranker.model_files import load_tokenizer
 
+        settings.setdefault("onnx_cache_dir", os.environ["RERANKER_ONNX_CACHE_DIR"])
         self.settings = RerankerSettings(model=str(model_dir), device="cpu", **settings)
         self.scorer = ModelScorer(self.settings)
         self.encoder = PairEncoder(load_tokenizer(str(model_dir)), self.scorer.max_length, self.settings.max_query_tokens)

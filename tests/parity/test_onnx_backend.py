@@ -29,8 +29,10 @@ def _dense(pairs):
 
 
 @pytest.fixture(scope="module")
-def onnx_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("onnx-cache")
+def onnx_cache():
+    """The session's export cache (conftest.py), so each tiny model is exported once per session;
+    the tests of the cache itself and of the CLI export into their own directories."""
+    return os.environ["RERANKER_ONNX_CACHE_DIR"]
 
 
 @pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_model_dir_1label"])

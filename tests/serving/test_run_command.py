@@ -1,6 +1,7 @@
 """README's Run command, run as written (on a tiny model, with the ports moved): `scripts/serve.py`
-starts a local Ray without the dashboard's processes and Serve's own `serve run` on it; the app
-answers; and Ctrl-C stops every process it started.
+starts a local Ray without the dashboard's processes and Serve's own `serve run` on it; the scorer
+exports the model to ONNX (an empty cache, as at a first start); the app answers; and Ctrl-C stops
+every process it started.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from conftest import MULTILINGUAL_TEXTS, QUERY, REPO_ROOT
 from ports import free_port
 from readme_commands import readme_run_command
 from serving_helpers import ctrl_c_stops_every_process, kill_process_tree, process_tree, wait_until_ready
+
+from reranker.backends.onnx import FP32_FILE
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
@@ -36,8 +39,11 @@ def test_readme_run_command_serves_without_the_dashboard_and_stops_on_ctrl_c(tin
     config_path = tmp_path / "serve_config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     command = [sys.executable, *argv[1:-1], str(config_path)]
+    # An empty ONNX cache, as on a new user's first start: the scorer replica exports in a child.
+    onnx_cache = tmp_path / "onnx"
     process = subprocess.Popen(
-        command, cwd=REPO_ROOT, env={**os.environ, **env, "RERANKER_MODEL": str(tiny_model_dir)},
+        command, cwd=REPO_ROOT,
+        env={**os.environ, **env, "RERANKER_MODEL": str(tiny_model_dir), "RERANKER_ONNX_CACHE_DIR": str(onnx_cache)},
         stdout=(tmp_path / "run.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     started: list = []
@@ -45,6 +51,7 @@ def test_readme_run_command_serves_without_the_dashboard_and_stops_on_ctrl_c(tin
         wait_until_ready(process, f"http://127.0.0.1:{port}", 180, tmp_path / "run.log")
         answer = httpx.post(f"http://127.0.0.1:{port}/rerank", json={"query": QUERY, "texts": MULTILINGUAL_TEXTS}, timeout=30)
         assert answer.status_code == 200 and len(answer.json()) == len(MULTILINGUAL_TEXTS)
+        assert [path.name for path in onnx_cache.rglob("*.onnx")] == [FP32_FILE], sorted(onnx_cache.rglob("*"))
 
         started = process_tree(process.pid)
         commands = []

@@ -167,7 +167,7 @@ def test_unknown_route_and_wrong_method_use_the_family_error_body(http):
 
 def test_opt_in_int8_backend_serves_its_own_scores(serve_cluster, tiny_model_dir):
     """backend onnx-int8 through the whole app: /info names it, and /rerank returns the int8 model's
-    raw scores (exported, calibrated and quantized inside the scorer replica), sorted."""
+    raw scores, sorted (the scorer and the in-process one here read the session's export cache)."""
     import httpx
     from serving_helpers import deployed, small_app
 
