@@ -63,6 +63,9 @@ class ServeCluster:
         os.environ["RERANKER_MODEL"] = str(model_dir)
         # Metrics reach the node's agent every second instead of every ten.
         os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
+        # A replica that cannot start fails its deployment at the first try instead of Serve's
+        # three: each try of the truncated model in test_faults.py spends seconds on 2 cores.
+        os.environ.setdefault("RAY_SERVE_MAX_PER_REPLICA_RETRY_COUNT", "1")
         self.http_port = free_port()
         self.grpc_port = free_port()
         self.metrics_port = free_port()
