@@ -27,6 +27,19 @@ os.environ.setdefault("RERANKER_ONNX_CACHE_DIR", _ONNX_CACHE)
 from tiny_models import save_tiny_model  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def exports_stay_in_the_session_cache():
+    """Fails the session if a test exported into the user's cache: settings built without
+    `onnx_cache_dir` (not from the environment) export into ~/.cache/reranker/onnx."""
+    from reranker.backends.onnx import default_cache_root
+
+    root = default_cache_root()
+    before = set(root.iterdir()) if root.is_dir() else set()
+    yield
+    after = set(root.iterdir()) if root.is_dir() else set()
+    assert after <= before, f"tests exported into {root}, not the session's {_ONNX_CACHE}: {sorted(map(str, after - before))}"
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-label tiny random BERT cross-encoder, like the amberoad model."""

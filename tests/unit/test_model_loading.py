@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -76,10 +78,11 @@ def test_scorer_describes_what_it_loaded(tiny_model_dir_1label):
 
 
 def test_cpu_defaults_are_onnx_and_the_cpu_batch_budget(tiny_model_dir):
-    scorer = ModelScorer(RerankerSettings(model=str(tiny_model_dir), device="cpu"))
+    cache = os.environ["RERANKER_ONNX_CACHE_DIR"]  # the session's (conftest.py), not ~/.cache
+    scorer = ModelScorer(RerankerSettings(model=str(tiny_model_dir), device="cpu", onnx_cache_dir=cache))
     assert scorer.describe()["backend"] == "onnx"
     assert (scorer.batching.max_batch_size, scorer.batching.max_batch_tokens) == (8, 4096)
-    explicit = ModelScorer(RerankerSettings(model=str(tiny_model_dir), device="cpu", max_batch_size=3))
+    explicit = ModelScorer(RerankerSettings(model=str(tiny_model_dir), device="cpu", max_batch_size=3, onnx_cache_dir=cache))
     assert (explicit.batching.max_batch_size, explicit.batching.max_batch_tokens) == (3, 4096)
 
 
