@@ -44,10 +44,21 @@ class RecordingBackend(SimulatedGpuBackend):
 
 @pytest.fixture(scope="module")
 def loop():
-    """One event loop for the module: Serve's batch queue binds to the first loop that uses it."""
+    """One event loop for the module: Serve's batch queue binds to the first loop that uses it.
+
+    That queue is made lazily, once per decorated method, and kept on the class: afterwards its
+    task is stopped and the queue dropped, so the class pickles again (tests/assets/test_k8s.py
+    builds the app in this process).
+    """
     loop = asyncio.new_event_loop()
     yield loop
+    lazy = Scorer.func_or_class._score_batch.set_max_batch_size.__self__  # Serve's _LazyBatchQueueWrapper
+    task = lazy._queue._handle_batch_task if lazy._queue is not None else None
+    if task is not None:
+        task.cancel()
+        loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
     loop.close()
+    lazy._queue = None
 
 
 @pytest.fixture
