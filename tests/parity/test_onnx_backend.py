@@ -47,19 +47,6 @@ def test_onnx_matches_torch(request, fixture, onnx_cache):
     assert np.max(np.abs(onnx_scores.normalized - torch_scores.normalized)) <= 1e-4
 
 
-def test_export_cache_is_reused(tiny_model_dir, tmp_path):
-    _scores(tiny_model_dir, "onnx", tmp_path)
-    path = cache_dir_for(str(tiny_model_dir), None, str(tmp_path)) / FP32_FILE
-    assert path.is_file()
-    first = path.stat().st_mtime_ns
-    _scores(tiny_model_dir, "onnx", tmp_path)
-    assert path.stat().st_mtime_ns == first
-    assert not list(path.parent.glob("*.tmp.onnx"))
-    # The weights live in one external data file beside the graph (ORT maps it, not copies it).
-    data = list(path.parent.glob("*.data"))
-    assert len(data) == 1 and data[0].stat().st_size > path.stat().st_size
-
-
 def test_int8_loads_and_scores(tiny_model_dir, onnx_cache):
     _, torch_scores, _ = _scores(tiny_model_dir, "torch", onnx_cache)
     scorer, int8_scores, logits = _scores(tiny_model_dir, "onnx-int8", onnx_cache)
@@ -69,7 +56,8 @@ def test_int8_loads_and_scores(tiny_model_dir, onnx_cache):
     assert np.all(np.isfinite(int8_scores.raw)) and np.all(np.isfinite(logits))
 
 
-def test_export_cli(tiny_model_dir_1label, tmp_path):
+def test_export_cli_fills_the_cache_that_scorers_reuse(tiny_model_dir_1label, tmp_path):
+    """The export CLI (what the image bakes ahead) writes the cache; a scorer then loads it as it is."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     result = subprocess.run(
         [sys.executable, "-m", "reranker.backends.onnx", "export", "--model", str(tiny_model_dir_1label),
@@ -79,7 +67,16 @@ def test_export_cli(tiny_model_dir_1label, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     directory = cache_dir_for(str(tiny_model_dir_1label), None, str(tmp_path))
-    assert (directory / FP32_FILE).is_file() and (directory / INT8_FILE).is_file()
+    path = directory / FP32_FILE
+    assert path.is_file() and (directory / INT8_FILE).is_file()
+    first = path.stat().st_mtime_ns
+    for backend in ("onnx", "onnx-int8"):
+        _scores(tiny_model_dir_1label, backend, tmp_path)
+    assert path.stat().st_mtime_ns == first and sorted(directory.glob("*.onnx")) == sorted([path, directory / INT8_FILE])
+    assert not list(directory.glob("*.tmp.onnx"))
+    # The fp32 weights live in one external data file beside the graph (ORT maps it, not copies it).
+    data = list(directory.glob("*.data"))
+    assert len(data) == 1 and data[0].stat().st_size > path.stat().st_size
     assert str(directory / FP32_FILE) in result.stdout
 
 
