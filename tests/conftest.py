@@ -23,6 +23,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 _ONNX_CACHE = tempfile.mkdtemp(prefix="reranker-onnx-")
 atexit.register(shutil.rmtree, _ONNX_CACHE, ignore_errors=True)
 os.environ.setdefault("RERANKER_ONNX_CACHE_DIR", _ONNX_CACHE)
+# The session's export cache: served apps read it from the environment; settings built in a test
+# pass it as onnx_cache_dir (without it they would export into ~/.cache).
+ONNX_CACHE_DIR = os.environ["RERANKER_ONNX_CACHE_DIR"]
 
 from tiny_models import save_tiny_model  # noqa: E402
 
@@ -37,7 +40,7 @@ def exports_stay_in_the_session_cache():
     before = set(root.iterdir()) if root.is_dir() else set()
     yield
     after = set(root.iterdir()) if root.is_dir() else set()
-    assert after <= before, f"tests exported into {root}, not the session's {_ONNX_CACHE}: {sorted(map(str, after - before))}"
+    assert after <= before, f"tests exported into {root}, not the session's {ONNX_CACHE_DIR}: {sorted(map(str, after - before))}"
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ this project's own in-process path (PairEncoder, then ModelScorer)."""
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 
 import numpy as np
@@ -52,7 +51,9 @@ class Ours:
         from reranker.tokenization import PairEncoder
         from reranker.model_files import load_tokenizer
 
-        settings.setdefault("onnx_cache_dir", os.environ["RERANKER_ONNX_CACHE_DIR"])
+        from conftest import ONNX_CACHE_DIR
+
+        settings.setdefault("onnx_cache_dir", ONNX_CACHE_DIR)
         self.settings = RerankerSettings(model=str(model_dir), device="cpu", **settings)
         self.scorer = ModelScorer(self.settings)
         self.encoder = PairEncoder(load_tokenizer(str(model_dir)), self.scorer.max_length, self.settings.max_query_tokens)

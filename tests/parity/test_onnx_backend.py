@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import LONG_PASSAGE, MULTILINGUAL_TEXTS, QUERY, REPO_ROOT
+from conftest import LONG_PASSAGE, MULTILINGUAL_TEXTS, ONNX_CACHE_DIR, QUERY, REPO_ROOT
 from reference import Ours
 
 from reranker.backends.onnx import FP32_FILE, INT8_FILE, cache_dir_for
@@ -32,7 +32,7 @@ def _dense(pairs):
 def onnx_cache():
     """The session's export cache (conftest.py), so each tiny model is exported once per session;
     the tests of the cache itself and of the CLI export into their own directories."""
-    return os.environ["RERANKER_ONNX_CACHE_DIR"]
+    return ONNX_CACHE_DIR
 
 
 @pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_model_dir_1label"])

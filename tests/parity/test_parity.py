@@ -8,13 +8,12 @@ softmax[1]; 1 label: logits[0][0] and sigmoid. An empty passage is `[CLS] q [SEP
 
 from __future__ import annotations
 
-import os
 import random
 
 import numpy as np
 import pytest
 import torch
-from conftest import LONG_PASSAGE, MULTILINGUAL_PAIRS, QUERY
+from conftest import LONG_PASSAGE, MULTILINGUAL_PAIRS, ONNX_CACHE_DIR, QUERY
 from reference import Ours, pair_ids
 
 from reranker.batching import max_by_doc
@@ -140,7 +139,7 @@ def test_relevant_label_by_name_scores_that_label(tiny_model_dir_3label):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     scorer = ModelScorer(RerankerSettings(model=str(tiny_model_dir_3label), relevant_label="relevant", device="cpu",
-                                         onnx_cache_dir=os.environ["RERANKER_ONNX_CACHE_DIR"]))
+                                         onnx_cache_dir=ONNX_CACHE_DIR))
     assert scorer.head.label_index == 2
     encoder = PairEncoder(load_tokenizer(str(tiny_model_dir_3label)), 512, 256)
     scores = scorer.score_pairs(encoder.encode(QUERY, PASSAGES[:4]))

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from conftest import ONNX_CACHE_DIR
 
 from reranker.errors import ModelLoadError, SettingsError
 from reranker.scoring import ModelScorer
@@ -78,11 +77,10 @@ def test_scorer_describes_what_it_loaded(tiny_model_dir_1label):
 
 
 def test_cpu_defaults_are_onnx_and_the_cpu_batch_budget(tiny_model_dir):
-    cache = os.environ["RERANKER_ONNX_CACHE_DIR"]  # the session's (conftest.py), not ~/.cache
-    scorer = ModelScorer(RerankerSettings(model=str(tiny_model_dir), device="cpu", onnx_cache_dir=cache))
+    scorer = ModelScorer(RerankerSettings(model=str(tiny_model_dir), device="cpu", onnx_cache_dir=ONNX_CACHE_DIR))
     assert scorer.describe()["backend"] == "onnx"
     assert (scorer.batching.max_batch_size, scorer.batching.max_batch_tokens) == (8, 4096)
-    explicit = ModelScorer(RerankerSettings(model=str(tiny_model_dir), device="cpu", max_batch_size=3, onnx_cache_dir=cache))
+    explicit = ModelScorer(RerankerSettings(model=str(tiny_model_dir), device="cpu", max_batch_size=3, onnx_cache_dir=ONNX_CACHE_DIR))
     assert (explicit.batching.max_batch_size, explicit.batching.max_batch_tokens) == (3, 4096)
 
 
