@@ -53,4 +53,6 @@ rm -rf "$logs"
 
 # Ray: no token auth for the local test cluster, whatever ~/.ray holds.
 export RAY_AUTH_MODE=disabled
-exec .venv/bin/python -m pytest "$@"
+# Two pytest-xdist workers: the tiers that run Ray in one, in order; the in-process tiers beside
+# them at the lowest CPU priority (tests/conftest.py). `-n 0` after the command runs one process.
+exec .venv/bin/python -m pytest -n 2 "$@"

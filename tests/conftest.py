@@ -19,10 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # The CPU scorer exports ONNX files of each tiny model; keep them out of ~/.cache. Set before
-# Ray starts, so every replica of the session inherits it.
-_ONNX_CACHE = tempfile.mkdtemp(prefix="reranker-onnx-")
-atexit.register(shutil.rmtree, _ONNX_CACHE, ignore_errors=True)
-os.environ.setdefault("RERANKER_ONNX_CACHE_DIR", _ONNX_CACHE)
+# Ray starts, so every replica of the session inherits it; pytest-xdist's workers inherit the
+# controller's, which removes it at exit.
+if "RERANKER_ONNX_CACHE_DIR" not in os.environ:
+    os.environ["RERANKER_ONNX_CACHE_DIR"] = tempfile.mkdtemp(prefix="reranker-onnx-")
+    atexit.register(shutil.rmtree, os.environ["RERANKER_ONNX_CACHE_DIR"], ignore_errors=True)
 # The session's export cache: served apps read it from the environment; settings built in a test
 # pass it as onnx_cache_dir (without it they would export into ~/.cache).
 ONNX_CACHE_DIR = os.environ["RERANKER_ONNX_CACHE_DIR"]
@@ -163,6 +164,44 @@ def reranker_app(name: str, route_prefix: str, args: dict | None = None, env: di
     for deployment in app["deployments"]:
         deployment.update(overrides.get(deployment["name"], {}))
     return app
+
+
+# ----- two pytest-xdist workers (scripts/test.sh runs `-n 2`) ------------------------------------
+# The tiers that start Ray keep one worker and run in order, as without xdist: serving/ (the
+# session's Ray, and the README commands' own) and cluster/ (the rehearsal's). The in-process tiers
+# run in the second worker at the lowest CPU priority, so they fill the cores the first leaves idle
+# (about a third of the time, mostly waits on Serve) instead of taking CPU from it. A Ray cannot
+# start at that priority beside a busy first worker: its start-up RPCs pass their deadlines.
+
+FOREGROUND_TIERS = ("serving", "cluster")
+
+
+def in_foreground(nodeid: str) -> bool:
+    """Whether a test (by node id, "tests/<tier>/test_x.py::...") belongs to the first worker."""
+    parts = nodeid.split("::", 1)[0].split("/")
+    return len(parts) > 1 and parts[0] == "tests" and parts[1] in FOREGROUND_TIERS
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's load-scope scheduling with two scopes, so each worker takes one (xdist's own
+    `--dist loadgroup` cannot be used: its group names do not reach pytest 9's node ids)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ForegroundAndBackground(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "foreground" if in_foreground(nodeid) else "background"
+
+    return ForegroundAndBackground(config, log)
+
+
+def pytest_runtest_setup(item):
+    if hasattr(item.config, "workerinput") and not in_foreground(item.nodeid) and os.path.isdir("/proc/self/task"):
+        # Every thread of the background worker, and so what it starts later, at nice 19 (Linux).
+        for task in os.listdir("/proc/self/task"):
+            try:
+                os.setpriority(os.PRIO_PROCESS, int(task), 19)
+            except OSError:  # a thread that has just ended
+                pass
 
 
 @pytest.fixture(scope="session")
