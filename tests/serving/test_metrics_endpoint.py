@@ -27,8 +27,9 @@ DOCS_PER_REQUEST = [1, 2, 3, 4, 5, 6, 7, 8]
 
 @pytest.fixture(scope="module")
 def two_replica_app(serve_cluster):
-    """Two replicas of each deployment, under /metrics2."""
-    with deployed(serve_cluster, [small_app(APP, "/" + APP, replicas=2)]):
+    """Two replicas of each deployment, under /metrics2, with the `log_text` debug setting on (one
+    app for both, as each app deployed costs seconds on 2 cores)."""
+    with deployed(serve_cluster, [small_app(APP, "/" + APP, args={"log_text": True}, replicas=2)]):
         yield f"{serve_cluster.url}/{APP}"
 
 
@@ -179,17 +180,17 @@ def test_access_log_for_errors(http):
     assert access["route"] == "/v1/rerank" and access["status"] == 400 and access["passages"] == 0
 
 
-def test_log_text_debug_setting_logs_the_text(serve_cluster):
-    """Text reaches the access log only when the `log_text` debug setting is on."""
+def test_log_text_debug_setting_logs_the_text(two_replica_app):
+    """Text reaches the access log only when the `log_text` debug setting is on (the main app's
+    logs never hold it: test_request_id_reaches_every_stage_and_text_never_logged)."""
     marker = f"xxmarker{uuid.uuid4().hex}"
     request_id = f"req-{uuid.uuid4().hex}"
-    with deployed(serve_cluster, [small_app("logtext", "/logtext", args={"log_text": True})]):
-        response = httpx.post(
-            f"{serve_cluster.url}/logtext/rerank",
-            json={"query": marker, "texts": ["paris", "東京"]},
-            headers={"X-Request-ID": request_id},
-            timeout=60,
-        )
-        assert response.status_code == 200, response.text
-        (access,) = poll(lambda: access_lines("logtext", request_id), 20, "the access line with text")
+    response = httpx.post(
+        f"{two_replica_app}/rerank",
+        json={"query": marker, "texts": ["paris", "東京"]},
+        headers={"X-Request-ID": request_id},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    (access,) = poll(lambda: access_lines(APP, request_id), 20, "the access line with text")
     assert access["text"] == {"queries": [marker], "passages": ["paris", "東京"]}
