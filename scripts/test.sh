@@ -7,8 +7,9 @@
 # - Prometheus and promtool from Debian's `prometheus` package, when apt is available.
 # The three installs run side by side (each waits mostly on downloads and unpacking, and a fresh
 # machine spends about five minutes on them one after another); a failed one fails the command.
-# pip byte-compiles what it installs (90 s of one core): skipping that made the suite 510 s slower
-# on a fresh clone, as PYTHONDONTWRITEBYTECODE=1 here keeps Python from caching what it compiles.
+# Byte-compiling what is installed cannot be skipped: without it the suite was 510 s slower on a
+# fresh clone, as PYTHONDONTWRITEBYTECODE=1 here keeps Python from caching what it compiles.
+# scripts/install.sh compiles a new .venv on every core instead of pip's one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 logs="$(mktemp -d)"
