@@ -21,7 +21,9 @@ pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
 APP, PREFIX = "autoscale", "/autoscale"
 CLIENTS = 16
-MAX_LOAD_S = 30
+# The load stops as soon as the tokenizer has scaled (about 15 s); the bound leaves room for a host
+# that slows the CPU about threefold, where 30 s was once too short.
+MAX_LOAD_S = 60
 WORDS = ["paris", "is", "the", "capital", "and", "most", "populous", "city", "of", "france", "berlin", "ist", "die", "hauptstadt", "von", "deutschland", "столица", "россии", "москва", "東京は日本の首都です", "القاهرة", "هي", "عاصمة", "مصر", "नई", "दिल्ली", "भारत", "की", "राजधानी", "है", "the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "relevant", "passage", "about", "neural", "rerankers", "and", "search", "engines"]
 
 
@@ -79,7 +81,7 @@ def scorer_actors() -> dict[str, int]:
     return states
 
 
-@pytest.mark.timeout(200)
+@pytest.mark.timeout(300)
 def test_tokenizer_scales_up_and_back_down_and_a_second_scorer_never_joins_the_node(autoscale_app):
     url = autoscale_app.url + PREFIX
     assert running("Tokenizer") == 1 and running("Scorer") == 1
