@@ -207,11 +207,13 @@ def test_limits_are_checked_before_tokenization(extra_apps):
 
 
 def test_not_ready_is_503_with_retry_after(extra_apps):
-    """Runs before the 504 test, which makes the slow app ready."""
-    response = httpx.get(extra_apps["slow"] + "/ready", timeout=60)
-    assert response.status_code == 503, response.text
-    assert int(response.headers["retry-after"]) >= 1
-    assert response.json()["status"] == "not_ready"
+    """Runs before the 504 test, which makes the slow app ready.
+
+    Each request to an app that is not ready runs the ingress's readiness canary (3 s timeout),
+    which waits in the slow scorer's 10 s window: the first canary starts that window, so only two
+    requests fit in it with room to spare. A third (a /ready first, as this test once sent) ended
+    past the window on a slowed host, and its canary passed. /ready's own 503 is checked in
+    test_serving_lifecycle.py and test_faults.py."""
     for route in ("/rerank", "/v1/rerank"):
         response = httpx.post(extra_apps["slow"] + route, json=rerank_body(route, QUERY, TEXTS), timeout=60)
         assert_family_error(response, route, 503, "not ready")
