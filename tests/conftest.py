@@ -196,6 +196,8 @@ def pytest_xdist_make_scheduler(config, log):
 
 def pytest_runtest_setup(item):
     if hasattr(item.config, "workerinput") and not in_foreground(item.nodeid) and os.path.isdir("/proc/self/task"):
+        if os.getpriority(os.PRIO_PROCESS, 0) == 19:  # done at this worker's first test
+            return
         # Every thread of the background worker, and so what it starts later, at nice 19 (Linux).
         for task in os.listdir("/proc/self/task"):
             try:
