@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import ast
 import copy
-import http.server
 import json
 import os
 import re
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 import yaml
-
-from prometheus_server import PrometheusServer, find_prometheus
 
 pytestmark = pytest.mark.monitoring
 
@@ -54,10 +50,6 @@ PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None,
     reason="promtool not installed (apt-get install -y prometheus); CI installs it",
-)
-needs_prometheus = pytest.mark.skipif(
-    find_prometheus() is None,
-    reason="prometheus binary not installed (apt-get install -y prometheus); CI installs it",
 )
 
 
@@ -610,59 +602,6 @@ def test_kustomize_build():
     (content,) = cm["data"].values()
     assert json.loads(content) == load_dashboard()
     assert docs["PrometheusRule"]["spec"] == load_rule_crd()["spec"]
-
-
-# ------------------------------------------------------------- prometheus helper
-class _Exposition(http.server.BaseHTTPRequestHandler):
-    scrapes = 0
-
-    def do_GET(self):
-        if self.path != "/metrics":
-            self.send_error(404)
-            return
-        type(self).scrapes += 1
-        body = (
-            "# HELP demo_requests_total Requests.\n"
-            "# TYPE demo_requests_total counter\n"
-            f'demo_requests_total{{route="/rerank",status_code="200"}} {41 + type(self).scrapes}\n'
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@needs_prometheus
-def test_prometheus_helper_scrapes_and_queries():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Exposition)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        target = f"127.0.0.1:{server.server_address[1]}"
-        with PrometheusServer(target=target) as prom:
-            assert prom.port != 9090
-            proc = prom.proc
-            result = prom.wait_for('demo_requests_total{route="/rerank"}', timeout_s=30)
-            (series,) = result
-            assert series["metric"]["__name__"] == "demo_requests_total"
-            assert series["metric"]["status_code"] == "200"
-            assert series["metric"]["instance"] == target
-            assert float(series["value"][1]) >= 42
-            # The value grows with every 1 s scrape.
-            prom.wait_for("increase(demo_requests_total[10s]) > 0", timeout_s=30)
-            assert prom.query(f'up{{instance="{target}"}}')[0]["value"][1] == "1"
-            assert prom.query("vector(3)")[0]["value"][1] == "3"
-            with pytest.raises(Exception, match="parse error|bad_data"):
-                prom.query("sum(")
-        assert proc.poll() is not None, "prometheus still running after stop()"
-        assert prom.proc is None and prom.port is None
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_metrics_endpoint_passes_on_every_serve_metric_the_assets_use():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
 import time
 
 import pytest
@@ -72,3 +74,59 @@ def test_prometheus_counts_the_requests(serve_cluster, http):
         # The same answer from a range function over the scraped samples.
         increase = prom.query(f"sum by (application) (max_over_time({SELECTOR}[5m]) - min_over_time({SELECTOR}[5m]))")
         assert float(increase[0]["value"][1]) == N
+
+
+# ------------------------------------------------------------- the Prometheus helper itself
+# Here, in the tier that runs in the foreground worker, not beside the asset tests: at nice 19
+# (tests/conftest.py) the demo server and Prometheus missed the 1 s scrape timeout for 30 s in CI.
+class _Exposition(http.server.BaseHTTPRequestHandler):
+    scrapes = 0
+
+    def do_GET(self):
+        if self.path != "/metrics":
+            self.send_error(404)
+            return
+        type(self).scrapes += 1
+        body = (
+            "# HELP demo_requests_total Requests.\n"
+            "# TYPE demo_requests_total counter\n"
+            f'demo_requests_total{{route="/rerank",status_code="200"}} {41 + type(self).scrapes}\n'
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_prometheus_helper_scrapes_and_queries():
+    if find_prometheus() is None:
+        pytest.skip("the prometheus binary is not installed (apt-get install prometheus, or set PROMETHEUS_BIN)")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Exposition)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        target = f"127.0.0.1:{server.server_address[1]}"
+        with PrometheusServer(target=target) as prom:
+            assert prom.port != 9090
+            proc = prom.proc
+            result = prom.wait_for('demo_requests_total{route="/rerank"}', timeout_s=30)
+            (series,) = result
+            assert series["metric"]["__name__"] == "demo_requests_total"
+            assert series["metric"]["status_code"] == "200"
+            assert series["metric"]["instance"] == target
+            assert float(series["value"][1]) >= 42
+            # The value grows with every 1 s scrape.
+            prom.wait_for("increase(demo_requests_total[10s]) > 0", timeout_s=30)
+            assert prom.query(f'up{{instance="{target}"}}')[0]["value"][1] == "1"
+            assert prom.query("vector(3)")[0]["value"][1] == "3"
+            with pytest.raises(Exception, match="parse error|bad_data"):
+                prom.query("sum(")
+        assert proc.poll() is not None, "prometheus still running after stop()"
+        assert prom.proc is None and prom.port is None
+    finally:
+        server.shutdown()
+        server.server_close()
