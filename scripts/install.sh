@@ -19,8 +19,9 @@ pip=(.venv/bin/python -m pip install --disable-pip-version-check)
 new_venv=0
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
-  # Compiled at the end, on every core (uv, or compileall after pip). Not skipped altogether: where
-  # PYTHONDONTWRITEBYTECODE=1, Python never caches what it compiles at import.
+  # Compiled at the end, on every core. Not skipped altogether: where PYTHONDONTWRITEBYTECODE=1,
+  # Python never caches what it compiles at import: a fresh clone's suite ran 510 s slower so, and
+  # with torch alone left so it took 1202 s instead of about 800 s, two tests running out of time.
   new_venv=1
   pip+=(--no-compile)
 fi
@@ -35,15 +36,27 @@ else
   "${pip[@]}" "torch==2.13.0" --no-deps --retries 1 --extra-index-url https://download.pytorch.org/whl/cpu
 fi
 
-# uv keeps the torch installed above: it satisfies the project's torch==2.13.0.
+purelib="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+# compileall -j 0: on every core. A failure is a module pip would not have compiled either (some
+# packages ship files for other Python versions); it is only read from source.
+compile_all() { .venv/bin/python -m compileall -q -j 0 "$@" >/dev/null 2>&1 || true; }
+if [ "$new_venv" = 1 ]; then
+  # torch's packages (from its top_level.txt), compiled while uv downloads the rest.
+  mapfile -t torch_packages < <(.venv/bin/python -c 'import importlib.metadata as m; print(m.distribution("torch").read_text("top_level.txt").strip())')
+  compile_all "${torch_packages[@]/#/$purelib/}" &
+  compiling=$!
+fi
+
+# uv keeps the torch installed above: it satisfies the project's torch==2.13.0. It byte-compiles
+# what it installs, on every core; pip does so into an existing .venv.
 "${pip[@]}" --quiet "uv==0.13.9"
 if ! .venv/bin/uv pip install --python .venv/bin/python --compile-bytecode -e "$target"; then
   echo "scripts/install.sh: uv could not install the project; installing it with pip" >&2
   "${pip[@]}" -e "$target"
   if [ "$new_venv" = 1 ]; then
-    # A failure is a module pip would not have compiled either (some packages ship files for other
-    # Python versions); it is only read from source.
-    .venv/bin/python -m compileall -q -j 0 "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
-      >/dev/null 2>&1 || true
+    compile_all "$purelib"
   fi
+fi
+if [ "$new_venv" = 1 ]; then
+  wait "$compiling"
 fi
