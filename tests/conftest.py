@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -180,6 +181,14 @@ def in_foreground(nodeid: str) -> bool:
     """Whether a test (by node id, "tests/<tier>/test_x.py::...") belongs to the first worker."""
     parts = nodeid.split("::", 1)[0].split("/")
     return len(parts) > 1 and parts[0] == "tests" and parts[1] in FOREGROUND_TIERS
+
+
+def pytest_configure(config):
+    """A shell starts a background job (`cmd &`, nohup) with SIGINT ignored, and what it starts
+    inherits that: the README commands' tests would send a Ctrl-C that their command never sees
+    (it then ran out of the 90 s the test gives it to stop). Ctrl-C acts as in a terminal."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_xdist_make_scheduler(config, log):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,13 +45,28 @@ def wait_until_ready(process, url: str, timeout_s: float, log_path: Path) -> Non
     raise AssertionError(f"{url} not ready (last: {getattr(ready, 'status_code', None)}):\n{log_path.read_text()[-3000:]}")
 
 
-def ctrl_c_stops_every_process(process, wait_s: float) -> None:
-    """Ctrl-C (SIGINT) to a Run command: it exits within wait_s and every process it started is gone."""
+def ctrl_c_stops_every_process(process, wait_s: float, log_path: Path) -> None:
+    """Ctrl-C (SIGINT) to a Run command: it exits within wait_s and every process it started is gone.
+    Fails with the processes still running and the tail of the command's log."""
     import psutil
+
+    def still_running() -> list[str]:
+        commands = []
+        for child in process_tree(process.pid):
+            try:
+                commands.append(f"{child.pid} {child.status()} {' '.join(child.cmdline())[:160]}")
+            except psutil.Error:
+                pass
+        return commands
 
     started = process_tree(process.pid)
     process.send_signal(signal.SIGINT)
-    process.wait(timeout=wait_s)
+    try:
+        process.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(
+            f"Ctrl-C did not stop the command in {wait_s} s; still running: {still_running()}\n{log_path.read_text()[-4000:]}"
+        ) from None
     gone, alive = psutil.wait_procs(started, timeout=30)
     assert not alive, [" ".join(p.cmdline()) for p in alive]
 

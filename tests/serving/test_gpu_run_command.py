@@ -180,6 +180,6 @@ def test_readme_gpu_command_serves_through_haproxy_and_stops_on_ctrl_c(tiny_mode
                                 application="reranker", status_code="200") >= 26, 30, "Serve's HTTP request count in /metrics")
 
         started = process_tree(process.pid)
-        ctrl_c_stops_every_process(process, wait_s=150)
+        ctrl_c_stops_every_process(process, wait_s=150, log_path=tmp_path / "run.log")
     finally:
         kill_process_tree(process, started)

@@ -65,6 +65,6 @@ def test_readme_run_command_serves_without_the_dashboard_and_stops_on_ctrl_c(tin
         # `serve run` alone would also start nine dashboard modules, a forkserver and a resource tracker.
         assert not [c for c in commands if "ray-dashboard-" in c or "forkserver" in c], commands
 
-        ctrl_c_stops_every_process(process, wait_s=90)
+        ctrl_c_stops_every_process(process, wait_s=90, log_path=tmp_path / "run.log")
     finally:
         kill_process_tree(process, started)
