@@ -19,9 +19,8 @@ pip=(.venv/bin/python -m pip install --disable-pip-version-check)
 new_venv=0
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
-  # Compiled at the end, on every core. Not skipped altogether: where PYTHONDONTWRITEBYTECODE=1,
-  # Python never caches what it compiles at import: a fresh clone's suite ran 510 s slower so, and
-  # with torch alone left so it took 1202 s instead of about 800 s, two tests running out of time.
+  # Compiled below, on every core. Not skipped altogether: where PYTHONDONTWRITEBYTECODE=1, Python
+  # never caches what it compiles at import (a fresh clone's suite ran 510 s slower so).
   new_venv=1
   pip+=(--no-compile)
 fi
@@ -41,7 +40,8 @@ purelib="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["p
 # packages ship files for other Python versions); it is only read from source.
 compile_all() { .venv/bin/python -m compileall -q -j 0 "$@" >/dev/null 2>&1 || true; }
 if [ "$new_venv" = 1 ]; then
-  # torch's packages (from its top_level.txt), compiled while uv downloads the rest.
+  # torch's packages (from its top_level.txt), compiled while uv downloads the rest: uv compiles
+  # only what it installs itself.
   mapfile -t torch_packages < <(.venv/bin/python -c 'import importlib.metadata as m; print(m.distribution("torch").read_text("top_level.txt").strip())')
   compile_all "${torch_packages[@]/#/$purelib/}" &
   compiling=$!
