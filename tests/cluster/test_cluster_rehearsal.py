@@ -32,7 +32,7 @@ import pytest
 import cluster_rehearsal
 import k8s_helpers
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.own_ray]
 
 TESTS = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 420  # the rehearsal's own limit; on a free 2-core machine it takes about 95 s (110 s in pytest)

@@ -39,7 +39,7 @@ from serving_helpers import (
 
 from reranker.proto import tei_pb2, tei_pb2_grpc
 
-pytestmark = [pytest.mark.serving, pytest.mark.slow]
+pytestmark = [pytest.mark.serving, pytest.mark.slow, pytest.mark.own_ray]
 
 # `serve run ARGS` on a local Ray that advertises one GPU; `serve run` reuses an initialized Ray.
 LAUNCHER = """

@@ -20,7 +20,7 @@ from serving_helpers import ctrl_c_stops_every_process, kill_process_tree, proce
 
 from reranker.backends.onnx import FP32_FILE
 
-pytestmark = [pytest.mark.serving, pytest.mark.slow]
+pytestmark = [pytest.mark.serving, pytest.mark.slow, pytest.mark.own_ray]
 
 
 @pytest.mark.timeout(300)
