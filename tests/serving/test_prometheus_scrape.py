@@ -47,11 +47,17 @@ def wait_for_prometheus(prom: PrometheusServer, value: float, timeout_s: float =
         raise AssertionError(f"{exc}; got {prometheus_value(prom)}; targets: {prom.targets()}") from None
 
 
-@pytest.mark.timeout(180)
-def test_prometheus_counts_the_requests(serve_cluster, http):
+def prometheus_binary() -> str:
+    """The prometheus binary; skips the test where it is not installed."""
     binary = find_prometheus()
     if binary is None:
         pytest.skip("the prometheus binary is not installed (apt-get install prometheus, or set PROMETHEUS_BIN)")
+    return binary
+
+
+@pytest.mark.timeout(180)
+def test_prometheus_counts_the_requests(serve_cluster, http):
+    binary = prometheus_binary()
     # One request first, so the series exists before Prometheus's first scrape.
     assert http.post("/score", json={"pairs": [["warm up", "paris"]]}).status_code == 200
     poll(lambda: direct_value(http) >= 1, 30, "the warm-up request in /metrics")
@@ -103,14 +109,13 @@ class _Exposition(http.server.BaseHTTPRequestHandler):
 
 
 def test_prometheus_helper_scrapes_and_queries():
-    if find_prometheus() is None:
-        pytest.skip("the prometheus binary is not installed (apt-get install prometheus, or set PROMETHEUS_BIN)")
+    binary = prometheus_binary()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Exposition)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         target = f"127.0.0.1:{server.server_address[1]}"
-        with PrometheusServer(target=target) as prom:
+        with PrometheusServer(target=target, binary=binary) as prom:
             assert prom.port != 9090
             proc = prom.proc
             result = prom.wait_for('demo_requests_total{route="/rerank"}', timeout_s=30)
