@@ -6,12 +6,10 @@
 # to choose another index (for example a CUDA-version-specific one). pip installs torch, so pip's
 # own configuration (a mirror, a local wheelhouse) applies to it.
 #
-# The rest is installed by uv (pinned below, put into .venv by pip): it downloads, unpacks and
-# byte-compiles in parallel. A fresh `install.sh test` on 2 cores took 205 s with pip alone and
-# about 100 s so. uv does not read pip's configuration; where it cannot install (say, only a
-# mirror that pip is configured for is reachable), pip installs the same instead.
+# The project itself is installed by uv, with pip where uv cannot (scripts/uv_install.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/uv_install.sh
 extras="${1:-}"
 target=".${extras:+[$extras]}"
 python="${PYTHON:-python3.11}"
@@ -35,28 +33,18 @@ else
   "${pip[@]}" "torch==2.13.0" --no-deps --retries 1 --extra-index-url https://download.pytorch.org/whl/cpu
 fi
 
-purelib="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-# compileall -j 0: on every core. A failure is a module pip would not have compiled either (some
-# packages ship files for other Python versions); it is only read from source.
-compile_all() { .venv/bin/python -m compileall -q -j 0 "$@" >/dev/null 2>&1 || true; }
 if [ "$new_venv" = 1 ]; then
-  # torch's packages (from its top_level.txt), compiled while uv downloads the rest: uv compiles
-  # only what it installs itself.
+  # torch's packages (from its top_level.txt), compiled on every core while uv downloads the rest:
+  # uv compiles only what it installs itself. A failure is a module pip would not have compiled
+  # either (some packages ship files for other Python versions); it is only read from source.
+  purelib="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
   mapfile -t torch_packages < <(.venv/bin/python -c 'import importlib.metadata as m; print(m.distribution("torch").read_text("top_level.txt").strip())')
-  compile_all "${torch_packages[@]/#/$purelib/}" &
+  .venv/bin/python -m compileall -q -j 0 "${torch_packages[@]/#/$purelib/}" >/dev/null 2>&1 &
   compiling=$!
 fi
 
-# uv keeps the torch installed above: it satisfies the project's torch==2.13.0. It byte-compiles
-# what it installs, on every core; pip does so into an existing .venv.
-"${pip[@]}" --quiet "uv==0.13.9"
-if ! .venv/bin/uv pip install --python .venv/bin/python --compile-bytecode -e "$target"; then
-  echo "scripts/install.sh: uv could not install the project; installing it with pip" >&2
-  "${pip[@]}" -e "$target"
-  if [ "$new_venv" = 1 ]; then
-    compile_all "$purelib"
-  fi
-fi
+# uv keeps the torch installed above: it satisfies the project's torch==2.13.0.
+uv_install .venv -e "$target"
 if [ "$new_venv" = 1 ]; then
-  wait "$compiling"
+  wait "$compiling" || true
 fi

