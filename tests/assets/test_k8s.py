@@ -3,7 +3,7 @@
 Renders every kustomization with the real kustomize (`kubectl kustomize`), validates core
 objects with kubernetes-validate, the RayService against KubeRay v1.7.0's CRD schema and its
 serveConfigV2 against Ray Serve's own schema, and runs checkov and hadolint. No cluster, no
-network. Tools: see k8s_helpers.TOOLS_HINT (they live in <repo>/.venv-tools or on PATH).
+network. Tools: see tests/external_tools.py (they live in <repo>/.venv-tools or on PATH).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import yaml
 
 
 import k8s_helpers as h
+from external_tools import require_tool
 
 pytestmark = pytest.mark.k8s
 
@@ -58,12 +59,9 @@ def test_overlays_render_expected_objects(rendered):
                 assert doc["metadata"].get("namespace") == "reranker", (path, doc["kind"], doc["metadata"]["name"])
 
 
-def test_monitoring_included_in_gpu_overlay_when_present(rendered):
-    monitoring = h.K8S_DIR / "monitoring" / "kustomization.yaml"
+def test_monitoring_included_in_gpu_overlay(rendered):
+    assert (h.K8S_DIR / "monitoring" / "kustomization.yaml").is_file()
     kustomization = yaml.safe_load((h.K8S_DIR / "overlays" / "gpu" / "kustomization.yaml").read_text())
-    if not monitoring.is_file():
-        assert "../../monitoring" not in kustomization["resources"]
-        pytest.skip("k8s/monitoring has no kustomization.yaml yet")
     assert "../../monitoring" in kustomization["resources"]
     assert "PrometheusRule" in {d["kind"] for d in rendered["k8s/overlays/gpu"]}
     assert "PrometheusRule" not in {d["kind"] for d in rendered["k8s/overlays/cpu"]}
@@ -168,11 +166,9 @@ def test_deployment_names_match_the_code(rendered):
     for path in KUSTOMIZATIONS:
         [app] = _serve_config(rendered, path)["applications"]
         assert {d["name"] for d in app["deployments"]} == names, path
-    try:
-        from deployments.app import build_app
-    except ImportError as exc:
-        pytest.skip(f"deployments.app is not importable yet ({exc}); checked serve_config.yaml names only")
+
     # Serve's own path from `args` to an Application (typed args included), then its build step.
+    from deployments.app import build_app
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
     from ray.serve._private.build_app import build_app as build_serve_app
 
@@ -556,7 +552,7 @@ def test_network_policy(rendered, path):
 
 
 def test_checkov_finds_nothing(rendered, tmp_path):
-    checkov = h.require_tool("checkov")
+    checkov = require_tool("checkov")
     for path in OVERLAYS:
         name = path.rsplit("/", 1)[-1]
         docs = rendered[path]
@@ -589,7 +585,7 @@ def test_checkov_finds_nothing(rendered, tmp_path):
 
 
 def test_hadolint_dockerfile():
-    hadolint = h.require_tool("hadolint")
+    hadolint = require_tool("hadolint")
     proc = subprocess.run(
         [hadolint, "--no-color", "--failure-threshold", "info", str(h.REPO_ROOT / "Dockerfile")],
         capture_output=True, text=True, timeout=60,

@@ -1,8 +1,8 @@
 """Checks for k8s/monitoring: Grafana dashboard, PrometheusRule (+ promtool unit tests),
 kustomization, and the tests/prometheus_server.py helper.
 
-promtool / prometheus come from Debian's `prometheus` package (`apt-get install -y prometheus`);
-the tests that need them skip when they are missing. CI installs them.
+promtool and kubectl are found, or their tests skipped (failed under CI=true), by
+tests/external_tools.py.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from external_tools import PROMETHEUS_HINT, require_tool
+from k8s_helpers import render
 
 pytestmark = pytest.mark.monitoring
 
@@ -46,11 +48,6 @@ AUTO_LABELS = {
 }
 SEVERITIES = {"critical", "warning", "info"}
 
-PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None,
-    reason="promtool not installed (apt-get install -y prometheus); CI installs it",
-)
 
 
 # --------------------------------------------------------------------------- loading
@@ -232,8 +229,7 @@ def serve_source_dir() -> Path:
     import importlib.util
 
     spec = importlib.util.find_spec("ray.serve")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("ray[serve] not installed")
+    assert spec is not None and spec.submodule_search_locations, "ray[serve] is not installed"
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -337,8 +333,7 @@ def test_latency_buckets_cover_p99_threshold(app_metrics):
     (alert,) = [a for a in alerts(load_rule_crd()) if a["alert"] == "RerankerHighP99Latency"]
     threshold = float(re.search(r"\)\s*>\s*([\d.]+)\s*$", alert["expr"].strip()).group(1))
     bounds = histogram_boundaries(APP_METRICS.read_text(), "reranker_request_duration_seconds")
-    if bounds is None:
-        pytest.skip("reranker_request_duration_seconds boundaries are not a literal list")
+    assert bounds is not None, "reranker_request_duration_seconds boundaries are not a literal list"
     assert max(bounds) > threshold, f"largest bucket {max(bounds)}s <= p99 alert {threshold}s"
 
 
@@ -382,18 +377,16 @@ def rules_dir(tmp_path):
 
 def promtool(*args, cwd=None):
     return subprocess.run(
-        [PROMTOOL, *map(str, args)], capture_output=True, text=True, timeout=120, cwd=cwd
+        [require_tool("promtool", PROMETHEUS_HINT), *map(str, args)], capture_output=True, text=True, timeout=120, cwd=cwd
     )
 
 
-@needs_promtool
 def test_promtool_check_rules(rules_dir):
     res = promtool("check", "rules", rules_dir / "rules.yaml")
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"SUCCESS: {len(rules(load_rule_crd()))} rules found" in res.stdout
 
 
-@needs_promtool
 def test_promtool_unit_tests(rules_dir):
     res = promtool("test", "rules", rules_dir / "rules_test.yaml")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -418,7 +411,6 @@ def _mutants():
         yield pytest.param(alert["alert"], "no_for", id=f"{alert['alert']}-without-for")
 
 
-@needs_promtool
 @pytest.mark.parametrize("alertname,mutation", list(_mutants()))
 def test_unit_tests_catch_broken_alert(tmp_path, alertname, mutation):
     """The unit tests must fail if an alert never fires or loses its `for:`."""
@@ -518,15 +510,9 @@ def test_dashboard_covers_the_issue():
     assert has("ray_serve_batch_queue_length")
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
 def test_dashboard_replica_bounds_match_k8s_base():
     """The min/max variables default to the autoscaling_config that k8s/base deploys."""
-    base = ROOT / "k8s" / "base"
-    if not (base / "kustomization.yaml").exists():
-        pytest.skip("k8s/base not written yet")
-    res = subprocess.run(["kubectl", "kustomize", str(base)], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    services = [d for d in yaml.safe_load_all(res.stdout) if d and d.get("kind") == "RayService"]
+    services = [d for d in render(ROOT / "k8s" / "base") if d.get("kind") == "RayService"]
     assert services, "k8s/base renders no RayService"
     serve_config = yaml.safe_load(services[0]["spec"]["serveConfigV2"])
     variables = grafana_vars(load_dashboard())
@@ -557,7 +543,6 @@ def _grafana_to_promql(expr, variables):
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", sub, expr)
 
 
-@needs_promtool
 def test_dashboard_promql_parses(tmp_path):
     """Every dashboard expression, variables substituted, is valid PromQL (via promtool)."""
     dash = load_dashboard()
@@ -588,13 +573,8 @@ def test_kustomization():
     assert gen["options"]["disableNameSuffixHash"] is True
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
 def test_kustomize_build():
-    res = subprocess.run(
-        ["kubectl", "kustomize", str(MON)], capture_output=True, text=True, timeout=120
-    )
-    assert res.returncode == 0, res.stderr
-    docs = {d["kind"]: d for d in yaml.safe_load_all(res.stdout)}
+    docs = {d["kind"]: d for d in render(MON)}
     assert set(docs) == {"ConfigMap", "PrometheusRule"}
     cm = docs["ConfigMap"]
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"

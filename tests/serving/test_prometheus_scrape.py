@@ -7,7 +7,8 @@ import threading
 import time
 
 import pytest
-from prometheus_server import PrometheusServer, find_prometheus
+from external_tools import PROMETHEUS_HINT, require_tool
+from prometheus_server import PrometheusServer
 from serving_helpers import metric_sum, poll
 
 pytestmark = [pytest.mark.serving, pytest.mark.monitoring]
@@ -48,11 +49,8 @@ def wait_for_prometheus(prom: PrometheusServer, value: float, timeout_s: float =
 
 
 def prometheus_binary() -> str:
-    """The prometheus binary; skips the test where it is not installed."""
-    binary = find_prometheus()
-    if binary is None:
-        pytest.skip("the prometheus binary is not installed (apt-get install prometheus, or set PROMETHEUS_BIN)")
-    return binary
+    """The prometheus binary; skips the test where it is not installed (fails under CI=true)."""
+    return require_tool("prometheus", PROMETHEUS_HINT)
 
 
 @pytest.mark.timeout(180)
