@@ -49,7 +49,6 @@ AUTO_LABELS = {
 SEVERITIES = {"critical", "warning", "info"}
 
 
-
 # --------------------------------------------------------------------------- loading
 def load_dashboard() -> dict:
     return json.loads(DASHBOARD.read_text())
