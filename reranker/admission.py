@@ -6,8 +6,12 @@ Each ingress replica knows the work it has admitted and not finished (its backlo
 finished work leaves it: the service rate, measured as work finished per second of busy time (time
 with work in flight), so idle time does not dilute it. A request whose work plus the backlog would
 take longer than `max_wait_s` at that rate is refused; its Retry-After is the time until enough of
-the backlog has drained for it to fit. With nothing in flight a request is always admitted, so one
-request larger than the budget is still served (the deadline stays the backstop for it).
+the backlog has drained for it to fit. With nothing in flight a request is admitted even if it is
+larger than that budget (the deadline stays the backstop for it), unless it could not finish within
+the deadline itself even alone at the fastest rate seen (the measured rate or the scorer's start-up
+forward rate, whichever is higher): that request is refused with 413, since no retry would help.
+Judging that by the fastest rate refuses only what cannot succeed, and a slow measurement (a busy
+moment) can never lock out requests that would fit.
 
 Work is counted in the ingress's token estimate of a request part (`reranker.pipeline.estimated_tokens`),
 the same unit for the backlog and for the rate, so the estimate's bias cancels. Until a rate has been
@@ -23,7 +27,7 @@ import math
 import time
 from typing import Callable, Optional
 
-from reranker.errors import OverloadedError
+from reranker.errors import OverloadedError, PayloadTooLargeError
 
 # How quickly the rate forgets: a sample's weight halves after this much further busy time.
 RATE_HALF_LIFE_S = 20.0
@@ -82,14 +86,23 @@ class Ticket:
 
 
 class Admission:
-    """Admits a request only if the backlog ahead of it, and itself, finish within `max_wait_s`."""
+    """Admits a request only if the backlog ahead of it, and itself, finish within `max_wait_s`;
+    refuses one that could not finish within `deadline_s` even alone (when a deadline is given)."""
 
-    def __init__(self, max_wait_s: float, clock: Callable[[], float] = time.monotonic, rate: Optional[ServiceRate] = None):
+    def __init__(
+        self,
+        max_wait_s: float,
+        deadline_s: Optional[float] = None,
+        clock: Callable[[], float] = time.monotonic,
+        rate: Optional[ServiceRate] = None,
+    ):
         if max_wait_s <= 0:
             raise ValueError("max_wait_s must be positive")
         self.max_wait_s = max_wait_s
+        self.deadline_s = deadline_s
         self.clock = clock
         self.rate = rate or ServiceRate()
+        self.forward_per_s: Optional[float] = None  # the scorer's start-up forward rate
         self.backlog = 0.0  # admitted work not yet finished
         self.in_flight = 0  # admitted requests not yet released
         self._busy_unrecorded_s = 0.0
@@ -102,14 +115,38 @@ class Admission:
             self._busy_unrecorded_s += max(now - self._last_tick, 0.0)
         self._last_tick = now
 
+    def seed(self, forward_per_s: float) -> None:
+        """The scorer's forward rate (timed at load and for each new batch shape): the prior until a
+        rate is measured, and a bound on how fast any request can go."""
+        self.note_forward_rate(forward_per_s)
+        if forward_per_s > 0:
+            self.rate.seed(forward_per_s)
+
+    def note_forward_rate(self, forward_per_s: float) -> None:
+        """The forward rate the scorer reports with each answer (it changes with the batch settings)."""
+        if forward_per_s > 0:
+            self.forward_per_s = forward_per_s
+
+    def fastest_alone_s(self, work: float) -> Optional[float]:
+        """Seconds `work` needs with nothing ahead of it at the fastest rate seen; None while none is known."""
+        rates = [r for r in (self.rate.per_s(), self.forward_per_s) if r]
+        return work / max(rates) if rates else None
+
     def estimated_wait_s(self, work: float) -> Optional[float]:
         """Seconds until `work` would be finished behind the current backlog; None while the rate is unknown."""
         per_s = self.rate.per_s()
         return None if per_s is None else (self.backlog + work) / per_s
 
     def admit(self, work: float) -> Ticket:
-        """A ticket for `work`, or OverloadedError (429) with Retry-After when it would not finish in time."""
+        """A ticket for `work`; OverloadedError (429) with Retry-After when it would not finish in time
+        behind the backlog, PayloadTooLargeError (413) when it could not even alone."""
         self._tick()
+        alone_s = self.fastest_alone_s(work)
+        if self.deadline_s is not None and alone_s is not None and alone_s > self.deadline_s:
+            raise PayloadTooLargeError(
+                f"This request needs about {alone_s:.0f} s of scoring even with nothing ahead of it, more than "
+                f"request_deadline_s ({self.deadline_s:g} s): send fewer or shorter documents, or raise request_deadline_s."
+            )
         wait_s = self.estimated_wait_s(work)
         if self.in_flight > 0 and wait_s is not None and wait_s > self.max_wait_s:
             per_s = self.rate.per_s()

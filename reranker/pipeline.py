@@ -151,7 +151,9 @@ class Pipeline:
         self.not_ready_reason = "The model has not scored a canary pair yet."
         self._canary_lock = asyncio.Lock()
         # Refuses at the door what could not finish within the deadline (reranker/admission.py).
-        self.admission = Admission(settings.request_deadline_s * settings.admission_max_wait_fraction)
+        self.admission = Admission(
+            settings.request_deadline_s * settings.admission_max_wait_fraction, deadline_s=settings.request_deadline_s
+        )
 
     def split(self, request: PairRequest) -> list[PairRequest]:
         return split_request(request, self.part_budget_tokens, self.max_length)
@@ -161,7 +163,7 @@ class Pipeline:
         if not self.ready:
             await self.ensure_ready()
         work = [estimated_tokens(part, self.max_length) for part in parts]
-        ticket = self.admission.admit(sum(work))  # OverloadedError (429) if it could not finish in time
+        ticket = self.admission.admit(sum(work))  # 429 if it could not finish in time, 413 if not even alone
         timeout_s = self.settings.request_deadline_s
         tasks = [asyncio.ensure_future(self._score_part(part, ticket, w)) for part, w in zip(parts, work)]
         try:
@@ -199,6 +201,7 @@ class Pipeline:
                 continue
             if result.max_batch_tokens:
                 self.part_budget_tokens = result.max_batch_tokens
+            self.admission.note_forward_rate(result.forward_tokens_per_s)
             ticket.part_done(work)
             return result
 
@@ -226,7 +229,7 @@ class Pipeline:
                 if result.max_batch_tokens:
                     self.part_budget_tokens = result.max_batch_tokens
                 # Until admission has measured the service, the scorer's start-up forward rate stands in.
-                self.admission.rate.seed(result.forward_tokens_per_s)
+                self.admission.seed(result.forward_tokens_per_s)
                 self.ready = True
                 self.not_ready_reason = ""
         except Exception as exc:  # noqa: BLE001 - any failure means not ready; say why

@@ -190,3 +190,19 @@ def metric_samples(text: str, name: str, **labels) -> list:
 
 def metric_sum(text: str, name: str, **labels) -> float:
     return prometheus_text.total(text, name, **labels)
+
+
+def settled_pairs_scored(metrics_url: str, app: str, timeout_s: float = 40) -> float:
+    """The app's ray_reranker_pairs_scored_total (all its scorer replicas) once two reads 2.5 s apart
+    agree (metrics reach the agent every second)."""
+    import httpx
+
+    previous = None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = metric_sum(httpx.get(metrics_url, timeout=10).text, "ray_reranker_pairs_scored_total", application=app)
+        if value and value == previous:
+            return value
+        previous = value
+        time.sleep(2.5)
+    raise AssertionError(f"ray_reranker_pairs_scored of {app} did not settle in {timeout_s} s")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import MULTILINGUAL_TEXTS, QUERY, reranker_app
 from reference import reference_scores
-from serving_helpers import files_containing, logs_dir, metric_samples, metric_sum, poll
+from serving_helpers import files_containing, logs_dir, metric_samples, metric_sum, poll, settled_pairs_scored
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
@@ -291,29 +291,6 @@ def test_deadline_is_504_and_its_batch_neighbours_still_answer(fault_apps, tiny_
         assert http.get("/health").status_code == 200
         cohere = http.post("/v1/rerank", json={"query": QUERY, "documents": TEXTS})
         assert cohere.status_code == 504 and set(cohere.json()) == {"message", "detail"}
-
-
-def pairs_scored(metrics_url: str, app: str) -> float:
-    """Sum over the app's scorer replicas of ray_reranker_pairs_scored_total."""
-    text = httpx.get(metrics_url, timeout=10).text
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("ray_reranker_pairs_scored") and f'application="{app}"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def settled_pairs_scored(metrics_url: str, app: str, timeout_s: float = 40) -> float:
-    """The counter once two reads 2.5 s apart agree (metrics reach the agent every second)."""
-    previous = None
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = pairs_scored(metrics_url, app)
-        if value and value == previous:
-            return value
-        previous = value
-        time.sleep(2.5)
-    raise AssertionError(f"ray_reranker_pairs_scored of {app} did not settle in {timeout_s} s")
 
 
 @pytest.mark.timeout(120)

@@ -9,7 +9,7 @@ import pytest
 from handle_fakes import FakeEncoded, FakeMethod, FakeResponse
 
 from reranker.admission import Admission, ServiceRate
-from reranker.errors import OverloadedError, error_headers
+from reranker.errors import OverloadedError, PayloadTooLargeError, error_headers
 from reranker.messages import DocScores, PairRequest
 from reranker.pipeline import Pipeline, estimated_tokens, split_request
 from reranker.settings import RerankerSettings
@@ -108,6 +108,40 @@ def test_a_request_larger_than_the_limit_is_admitted_alone_and_told_to_wait_for_
     admission.admit(500).release()
 
 
+def test_a_request_that_could_not_finish_within_the_deadline_even_alone_is_refused_with_413():
+    clock = Clock()
+    admission = Admission(max_wait_s=10, deadline_s=60, clock=clock)
+    admission.admit(10_000).release()  # no rate known yet: nothing is refused
+    measured(10.0, clock, admission)
+    admission.admit(550).release()  # 55 s alone: within the deadline, admitted (past max_wait_s)
+    with pytest.raises(PayloadTooLargeError) as refused:
+        admission.admit(700)  # 70 s even alone
+    error = refused.value
+    assert error.status_code == 413 and error.retry_after_s is None
+    assert "70 s" in str(error) and "request_deadline_s (60 s)" in str(error)
+    assert admission.in_flight == 0 and admission.backlog == 0
+    # Refused before the backlog is even considered: a 413, not a 429, with work in flight.
+    held = admission.admit(100)
+    with pytest.raises(PayloadTooLargeError):
+        admission.admit(700)
+    held.release()
+
+
+def test_the_fastest_rate_seen_decides_what_is_too_large_so_a_slow_measurement_locks_nothing_out():
+    clock = Clock()
+    admission = Admission(max_wait_s=10, deadline_s=60, clock=clock)
+    admission.seed(20.0)  # the scorer's forward rate at start-up
+    measured(5.0, clock, admission)  # a slow moment: the measured rate is a quarter of it
+    assert admission.rate.per_s() == pytest.approx(5.0)
+    assert admission.fastest_alone_s(1000) == pytest.approx(50.0)
+    admission.admit(1000).release()  # 200 s at the measured rate, 50 s at the forward rate: admitted
+    with pytest.raises(PayloadTooLargeError):
+        admission.admit(1300)  # 65 s even at the forward rate
+    measured(40.0, clock, admission, work=1000)  # fast again: the measured rate passes the forward rate
+    assert admission.rate.per_s() > 20.0
+    admission.admit(1300).release()  # under 60 s at that rate
+
+
 def test_without_a_rate_everything_is_admitted_and_a_prior_stands_in_until_measured():
     clock = Clock()
     admission = Admission(max_wait_s=10, clock=clock)
@@ -199,7 +233,7 @@ def test_pipeline_refuses_at_the_door_with_429_before_any_work_is_sent():
     tokenizer.encode = FakeMethod(lambda request: request)  # the canary
     tokenizer.encode_many = FakeMethod(lambda requests: (tokenizer_calls.extend(requests), [FakeEncoded(r) for r in requests])[1])
     tokenizer.describe = FakeMethod(lambda: {"max_length": 512})
-    settings = RerankerSettings(request_deadline_s=10)
+    settings = RerankerSettings(request_deadline_s=10, admission_max_wait_fraction=0.8)
     request = PairRequest(queries=["q"], passages=["x" * 300] * 10)  # about 1040 estimated tokens
     work = estimated_tokens(request, 512)
     # A scorer rate that fits 3 such requests (3.2) in 0.8 x the deadline, not 4.
