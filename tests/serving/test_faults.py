@@ -84,7 +84,7 @@ def fault_app_entries(broken_model_dir) -> list[dict]:
         ),
         # Every request here waits out a 2 s batch window, so the measured service rate is tiny and
         # admission (reranker/admission.py) would refuse the neighbour behind the abandoned request
-        # at the default 30 s deadline: a longer deadline keeps both admitted.
+        # at the default deadline: a longer deadline keeps both admitted.
         app_entry(
             "faults_disconnect",
             args={"request_deadline_s": 120},
