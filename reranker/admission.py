@@ -8,8 +8,8 @@ with work in flight), so idle time does not dilute it. A request whose work plus
 take longer than `max_wait_s` at that rate is refused; its Retry-After is the time until enough of
 the backlog has drained for it to fit. With nothing in flight a request is admitted even if it is
 larger than that budget (the deadline stays the backstop for it), unless it could not finish within
-the deadline itself even alone at the fastest rate seen (the measured rate or the scorer's start-up
-forward rate, whichever is higher): that request is refused with 413, since no retry would help.
+the deadline itself even alone at the fastest rate seen (the measured rate or the scorer's forward
+rate, timed at load and for each new batch shape, whichever is higher): that request is refused with 413, since no retry would help.
 Judging that by the fastest rate refuses only what cannot succeed, and a slow measurement (a busy
 moment) can never lock out requests that would fit.
 
@@ -102,7 +102,7 @@ class Admission:
         self.deadline_s = deadline_s
         self.clock = clock
         self.rate = rate or ServiceRate()
-        self.forward_per_s: Optional[float] = None  # the scorer's start-up forward rate
+        self.forward_per_s: Optional[float] = None  # the scorer's forward rate, as it last reported it
         self.backlog = 0.0  # admitted work not yet finished
         self.in_flight = 0  # admitted requests not yet released
         self._busy_unrecorded_s = 0.0

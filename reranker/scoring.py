@@ -143,9 +143,9 @@ class ModelScorer:
         A new batch shape re-times the forward rate: the ingress's admission takes it as the fastest
         this scorer can go, and a full batch of the old shape could be far faster than any of the new.
         """
-        shape = (batching.max_batch_size, batching.max_batch_tokens)
-        self.batching, old = batching, (self.batching.max_batch_size, self.batching.max_batch_tokens)
-        if shape != old:
+        old_shape = (self.batching.max_batch_size, self.batching.max_batch_tokens)
+        self.batching = batching
+        if (batching.max_batch_size, batching.max_batch_tokens) != old_shape:
             self.forward_tokens_per_s = self.measure_forward_rate()
 
     def warm_up(self) -> None:
