@@ -85,8 +85,8 @@ class RerankerSettings(BatchSettings):
     # finish within it even alone is refused at the door with 413 (reranker/admission.py).
     request_deadline_s: float = Field(50.0, gt=0)
     # A request whose estimated finish (the admitted backlog and itself, at the measured service
-    # rate) is later than this fraction of request_deadline_s is refused with 429 (reranker/admission.py):
-    # 25 s by default, the latency an admitted request can meet under load.
+    # rate) is later than this fraction of request_deadline_s (25 s by default) is refused with 429
+    # (reranker/admission.py).
     admission_max_wait_fraction: float = Field(0.5, gt=0, le=1)
     # Tokenizer calls and scorer calls each ingress replica has outstanding before further request
     # parts wait and go out together, up to one scorer window per call (reranker/coalescing.py).
