@@ -8,10 +8,11 @@ with work in flight), so idle time does not dilute it. A request whose work plus
 take longer than `max_wait_s` at that rate is refused; its Retry-After is the time until enough of
 the backlog has drained for it to fit. With nothing in flight a request is admitted even if it is
 larger than that budget (the deadline stays the backstop for it), unless it could not finish within
-the deadline itself even alone at the fastest rate seen (the measured rate or the scorer's forward
-rate, timed at load and for each new batch shape, whichever is higher): that request is refused with 413, since no retry would help.
-Judging that by the fastest rate refuses only what cannot succeed, and a slow measurement (a busy
-moment) can never lock out requests that would fit.
+the deadline itself even alone at the fastest rate measured so far: that request is refused with
+413, since no retry would help. Judging that by the fastest rate refuses only what cannot succeed,
+and a slow moment that lowers the current rate never locks out a request that would fit. The
+prior below is no basis for it: it counts real tokens of a full forward batch, not the estimated
+tokens of the work, which can be twice as many.
 
 Work is counted in the ingress's token estimate of a request part (`reranker.pipeline.estimated_tokens`),
 the same unit for the backlog and for the rate, so the estimate's bias cancels. Until a rate has been
@@ -102,7 +103,7 @@ class Admission:
         self.deadline_s = deadline_s
         self.clock = clock
         self.rate = rate or ServiceRate()
-        self.forward_per_s: Optional[float] = None  # the scorer's forward rate, as it last reported it
+        self.fastest_per_s: Optional[float] = None  # the highest measured rate so far (never the prior)
         self.backlog = 0.0  # admitted work not yet finished
         self.in_flight = 0  # admitted requests not yet released
         self._busy_unrecorded_s = 0.0
@@ -115,22 +116,9 @@ class Admission:
             self._busy_unrecorded_s += max(now - self._last_tick, 0.0)
         self._last_tick = now
 
-    def seed(self, forward_per_s: float) -> None:
-        """The scorer's forward rate (timed at load and for each new batch shape): the prior until a
-        rate is measured, and a bound on how fast any request can go."""
-        self.note_forward_rate(forward_per_s)
-        if forward_per_s > 0:
-            self.rate.seed(forward_per_s)
-
-    def note_forward_rate(self, forward_per_s: float) -> None:
-        """The forward rate the scorer reports with each answer (it changes with the batch settings)."""
-        if forward_per_s > 0:
-            self.forward_per_s = forward_per_s
-
     def fastest_alone_s(self, work: float) -> Optional[float]:
-        """Seconds `work` needs with nothing ahead of it at the fastest rate seen; None while none is known."""
-        rates = [r for r in (self.rate.per_s(), self.forward_per_s) if r]
-        return work / max(rates) if rates else None
+        """Seconds `work` needs with nothing ahead of it at the fastest rate measured; None before a measurement."""
+        return work / self.fastest_per_s if self.fastest_per_s else None
 
     def estimated_wait_s(self, work: float) -> Optional[float]:
         """Seconds until `work` would be finished behind the current backlog; None while the rate is unknown."""
@@ -167,6 +155,9 @@ class Admission:
         self.backlog = max(self.backlog - work, 0.0)
         self.rate.record(work, self._busy_unrecorded_s)
         self._busy_unrecorded_s = 0.0
+        per_s = self.rate.per_s()
+        if per_s:
+            self.fastest_per_s = max(self.fastest_per_s or 0.0, per_s)
 
     def _released(self, remaining: float) -> None:
         self._tick()

@@ -201,7 +201,6 @@ class Pipeline:
                 continue
             if result.max_batch_tokens:
                 self.part_budget_tokens = result.max_batch_tokens
-            self.admission.note_forward_rate(result.forward_tokens_per_s)
             ticket.part_done(work)
             return result
 
@@ -229,7 +228,7 @@ class Pipeline:
                 if result.max_batch_tokens:
                     self.part_budget_tokens = result.max_batch_tokens
                 # Until admission has measured the service, the scorer's start-up forward rate stands in.
-                self.admission.seed(result.forward_tokens_per_s)
+                self.admission.rate.seed(result.forward_tokens_per_s)
                 self.ready = True
                 self.not_ready_reason = ""
         except Exception as exc:  # noqa: BLE001 - any failure means not ready; say why

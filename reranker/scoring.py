@@ -138,15 +138,8 @@ class ModelScorer:
         )
 
     def reconfigure(self, batching: BatchSettings) -> None:
-        """New batch budgets; with CUDA graphs, a batch beyond the budgets captured at load runs eagerly.
-
-        A new batch shape re-times the forward rate: the ingress's admission takes it as the fastest
-        this scorer can go, and a full batch of the old shape could be far faster than any of the new.
-        """
-        old_shape = (self.batching.max_batch_size, self.batching.max_batch_tokens)
+        """New batch budgets; with CUDA graphs, a batch beyond the budgets captured at load runs eagerly."""
         self.batching = batching
-        if (batching.max_batch_size, batching.max_batch_tokens) != old_shape:
-            self.forward_tokens_per_s = self.measure_forward_rate()
 
     def warm_up(self) -> None:
         """One tiny forward pass, so the first request does not pay for lazy initialization.

@@ -183,8 +183,8 @@ def test_a_window_of_two_forwards_sorts_its_pairs_by_length_before_cutting_them(
     expected = [expected_scores(scorer, part) for part in parts]
 
     def window_of(forwards: int) -> list:
+        scorer.core.backend.shapes.clear()
         scorer.reconfigure({"max_batch_tokens": 2 * long, "max_batch_size": 256, "batch_window_forwards": forwards})
-        scorer.core.backend.shapes.clear()  # after the forward rate's re-timing of a new batch shape
 
         async def both():
             return await asyncio.gather(scorer.score(parts[0]), scorer.score(parts[1]))
@@ -268,21 +268,3 @@ def test_only_graph_replays_on_a_gpu_launch_when_idle(tiny_model_dir):
     assert launches_when_idle(core(backend="simulated-gpu", cuda_graphs=True))
     assert not launches_when_idle(core(backend="simulated-gpu"))
     assert not launches_when_idle(core(backend="torch", device="cpu"))
-
-
-def test_a_new_batch_shape_re_times_the_forward_rate_admission_reads(scorer_and_parts):
-    """The ingress's admission bounds a request by the scorer's forward rate: a live change of the
-    batch shape re-times it (one forward of the new full batch); other batch settings do not."""
-    scorer, _, _ = scorer_and_parts
-    shapes = scorer.core.backend.shapes
-    tokens = min(128, scorer.core.max_length)
-    try:
-        shapes.clear()
-        scorer.reconfigure({**GPU_BATCHING, "batch_wait_timeout_s": 1.0})
-        assert shapes == []
-        scorer.reconfigure({**GPU_BATCHING, "max_batch_size": 1})
-        assert shapes == [(1, tokens)]
-        scorer.reconfigure({**GPU_BATCHING, "max_batch_tokens": 4 * tokens})
-        assert shapes == [(1, tokens), (4, tokens)]
-    finally:
-        scorer.reconfigure(GPU_BATCHING)
