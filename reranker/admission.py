@@ -7,12 +7,14 @@ finished work leaves it: the service rate, measured as work finished per second 
 with work in flight), so idle time does not dilute it. A request whose work plus the backlog would
 take longer than `max_wait_s` at that rate is refused; its Retry-After is the time until enough of
 the backlog has drained for it to fit. With nothing in flight a request is admitted even if it is
-larger than that budget (the deadline stays the backstop for it), unless it could not finish within
-the deadline itself even alone at the fastest rate measured so far: that request is refused with
-413, since no retry would help. Judging that by the fastest rate refuses only what cannot succeed,
-and a slow moment that lowers the current rate never locks out a request that would fit. The
-prior below is no basis for it: it counts real tokens of a full forward batch, not the estimated
-tokens of the work, which can be twice as many.
+larger than that budget (the deadline stays the backstop for it), unless even alone, at the fastest
+rate measured so far, it would need more than TOO_LARGE_FACTOR times the deadline: that request is
+refused with 413, since no retry would help. The factor covers the estimate's spread: the rate is
+measured on other requests' texts, and characters per token differ between texts (long truncated
+passages against short words: about 1.5x in one measured case), so a request only somewhat over
+the deadline by the estimate is tried, with the deadline as its backstop. The fastest rate, so a
+slow moment that lowers the current rate never locks out a request that would fit; never the prior
+below, which counts real tokens of a full forward batch.
 
 Work is counted in the ingress's token estimate of a request part (`reranker.pipeline.estimated_tokens`),
 the same unit for the backlog and for the rate, so the estimate's bias cancels. Until a rate has been
@@ -32,6 +34,8 @@ from reranker.errors import OverloadedError, PayloadTooLargeError
 
 # How quickly the rate forgets: a sample's weight halves after this much further busy time.
 RATE_HALF_LIFE_S = 20.0
+# A request is refused as too large (413) when it would need more than this many deadlines alone.
+TOO_LARGE_FACTOR = 2.0
 
 
 class ServiceRate:
@@ -130,9 +134,9 @@ class Admission:
         behind the backlog, PayloadTooLargeError (413) when it could not even alone."""
         self._tick()
         alone_s = self.fastest_alone_s(work)
-        if self.deadline_s is not None and alone_s is not None and alone_s > self.deadline_s:
+        if self.deadline_s is not None and alone_s is not None and alone_s > TOO_LARGE_FACTOR * self.deadline_s:
             raise PayloadTooLargeError(
-                f"This request needs about {alone_s:.0f} s of scoring even with nothing ahead of it, more than "
+                f"This request needs about {alone_s:.0f} s of scoring even with nothing ahead of it, far more than "
                 f"request_deadline_s ({self.deadline_s:g} s): send fewer or shorter documents, or raise request_deadline_s."
             )
         wait_s = self.estimated_wait_s(work)

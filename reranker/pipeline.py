@@ -163,7 +163,7 @@ class Pipeline:
         if not self.ready:
             await self.ensure_ready()
         work = [estimated_tokens(part, self.max_length) for part in parts]
-        ticket = self.admission.admit(sum(work))  # 429 if it could not finish in time, 413 if not even alone
+        ticket = self.admission.admit(sum(work))  # 429 if it could not finish in time, 413 if far from it even alone
         timeout_s = self.settings.request_deadline_s
         tasks = [asyncio.ensure_future(self._score_part(part, ticket, w)) for part, w in zip(parts, work)]
         try:

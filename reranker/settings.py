@@ -81,8 +81,8 @@ class RerankerSettings(BatchSettings):
     max_query_chars: int = Field(4_000, ge=1)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     # A backstop with room over what a 1 x 50 request of long passages takes alone on a 2-core CPU
-    # (23-35 s measured), under the proxies' 60 s request_timeout_s. A request that could not
-    # finish within it even alone is refused at the door with 413 (reranker/admission.py).
+    # (23-35 s measured), under the proxies' 60 s request_timeout_s. A request that would need more
+    # than twice it even alone is refused at the door with 413 (reranker/admission.py).
     request_deadline_s: float = Field(50.0, gt=0)
     # A request whose estimated finish (the admitted backlog and itself, at the measured service
     # rate) is later than this fraction of request_deadline_s (25 s by default) is refused with 429

@@ -113,17 +113,17 @@ def test_a_request_that_could_not_finish_within_the_deadline_even_alone_is_refus
     admission = Admission(max_wait_s=10, deadline_s=60, clock=clock)
     admission.admit(10_000).release()  # no rate known yet: nothing is refused
     measured(10.0, clock, admission)
-    admission.admit(550).release()  # 55 s alone: within the deadline, admitted (past max_wait_s)
+    admission.admit(1200).release()  # 120 s alone: within twice the deadline, tried (past max_wait_s)
     with pytest.raises(PayloadTooLargeError) as refused:
-        admission.admit(700)  # 70 s even alone
+        admission.admit(1300)  # 130 s even alone
     error = refused.value
     assert error.status_code == 413 and error.retry_after_s is None
-    assert "70 s" in str(error) and "request_deadline_s (60 s)" in str(error)
+    assert "130 s" in str(error) and "request_deadline_s (60 s)" in str(error)
     assert admission.in_flight == 0 and admission.backlog == 0
     # Refused before the backlog is even considered: a 413, not a 429, with work in flight.
     held = admission.admit(100)
     with pytest.raises(PayloadTooLargeError):
-        admission.admit(700)
+        admission.admit(1300)
     held.release()
 
 
@@ -131,15 +131,15 @@ def test_the_fastest_measured_rate_decides_what_is_too_large_so_a_slow_moment_lo
     clock = Clock()
     admission = Admission(max_wait_s=10, deadline_s=60, clock=clock)
     admission.rate.seed(1.0)  # a prior (the scorer's forward rate) refuses nothing as too large
-    admission.admit(1000).release()
+    admission.admit(10_000).release()
     measured(20.0, clock, admission)
     for _ in range(5):
         measured(5.0, clock, admission)  # a slow moment: the current rate falls toward 5/s
     assert admission.rate.per_s() < 10.0
-    assert admission.fastest_alone_s(1000) == pytest.approx(50.0)
-    admission.admit(1000).release()  # 50 s at the fastest rate measured: admitted
+    assert admission.fastest_alone_s(2000) == pytest.approx(100.0)
+    admission.admit(2400).release()  # 120 s at the fastest rate measured: within twice the deadline
     with pytest.raises(PayloadTooLargeError):
-        admission.admit(1300)  # 65 s even at that rate
+        admission.admit(2600)  # 130 s even at that rate
 
 
 def test_without_a_rate_everything_is_admitted_and_a_prior_stands_in_until_measured():
