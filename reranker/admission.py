@@ -10,9 +10,9 @@ the backlog has drained for it to fit. With nothing in flight a request is admit
 larger than that budget (the deadline stays the backstop for it), unless even alone, at the fastest
 rate measured so far, it would need more than TOO_LARGE_FACTOR times the deadline: that request is
 refused with 413, since no retry would help. The factor covers the estimate's spread: the rate is
-measured on other requests' texts, and characters per token differ between texts (long truncated
-passages against short words: about 1.5x in one measured case), so a request only somewhat over
-the deadline by the estimate is tried, with the deadline as its backstop. The fastest rate, so a
+measured on other requests' texts, and characters per token differ between texts and tokenizers
+(two measured here: 272 estimated for 575 real tokens per pair, and 515 for 512), so a request only
+somewhat over the deadline by the estimate is tried, with the deadline as its backstop. The fastest rate, so a
 slow moment that lowers the current rate never locks out a request that would fit; never the prior
 below, which counts real tokens of a full forward batch.
 
