@@ -11,10 +11,10 @@ larger than that budget (the deadline stays the backstop for it), unless even al
 rate measured so far, it would need more than TOO_LARGE_FACTOR times the deadline: that request is
 refused with 413, since no retry would help. The factor covers the estimate's spread: the rate is
 measured on other requests' texts, and characters per token differ between texts and tokenizers
-(two measured here: 272 estimated for 575 real tokens per pair, and 515 for 512), so a request only
-somewhat over the deadline by the estimate is tried, with the deadline as its backstop. The fastest rate, so a
-slow moment that lowers the current rate never locks out a request that would fit; never the prior
-below, which counts real tokens of a full forward batch.
+(two measured here: 272 estimated for 575 real tokens per pair, and 515 for 512), so a request
+only somewhat over the deadline by the estimate is tried, with the deadline as its backstop. The
+fastest rate, so a slow moment that lowers the current rate never locks out a request that would
+fit; never the prior below, which counts real tokens of a full forward batch.
 
 Work is counted in the ingress's token estimate of a request part (`reranker.pipeline.estimated_tokens`),
 the same unit for the backlog and for the rate, so the estimate's bias cancels. Until a rate has been
@@ -92,7 +92,7 @@ class Ticket:
 
 class Admission:
     """Admits a request only if the backlog ahead of it, and itself, finish within `max_wait_s`;
-    refuses one that could not finish within `deadline_s` even alone (when a deadline is given)."""
+    refuses (413) one that would need more than TOO_LARGE_FACTOR x `deadline_s` even alone."""
 
     def __init__(
         self,
@@ -131,7 +131,7 @@ class Admission:
 
     def admit(self, work: float) -> Ticket:
         """A ticket for `work`; OverloadedError (429) with Retry-After when it would not finish in time
-        behind the backlog, PayloadTooLargeError (413) when it could not even alone."""
+        behind the backlog, PayloadTooLargeError (413) when it is far too large even alone."""
         self._tick()
         alone_s = self.fastest_alone_s(work)
         if self.deadline_s is not None and alone_s is not None and alone_s > TOO_LARGE_FACTOR * self.deadline_s:
