@@ -42,10 +42,6 @@ def failures(metrics_url: str, reason: str) -> float:
     return metric_sum(httpx.get(metrics_url, timeout=10).text, "ray_reranker_failures_total", application=APP, reason=reason)
 
 
-def overloaded_count(metrics_url: str) -> float:
-    return failures(metrics_url, "overloaded")
-
-
 @pytest.fixture(scope="module")
 def admission_cluster(serve_cluster):
     with deployed(serve_cluster, [admission_app()], timeout_s=180):
@@ -60,7 +56,7 @@ def test_a_burst_gets_200s_and_429s_with_retry_after_and_no_504(admission_cluste
     with httpx.Client(base_url=url, timeout=60) as http:
         for _ in range(3):  # the ingress measures the service rate on these
             assert http.post("/rerank", json=body).status_code == 200
-    before = overloaded_count(metrics_url)
+    before = failures(metrics_url, "overloaded")
     barrier = threading.Barrier(BURST, timeout=30)
 
     def call(_):
@@ -84,8 +80,8 @@ def test_a_burst_gets_200s_and_429s_with_retry_after_and_no_504(admission_cluste
             assert re.fullmatch(r"[1-9]\d*", response.headers.get("retry-after", "")), response.headers
     # Every refusal went through the one error path and its failures metric.
     refused = codes.count(429)
-    poll(lambda: overloaded_count(metrics_url) - before >= refused, 30, f"{refused} overloaded failures in /metrics")
-    assert overloaded_count(metrics_url) - before == refused
+    poll(lambda: failures(metrics_url, "overloaded") - before >= refused, 30, f"{refused} overloaded failures in /metrics")
+    assert failures(metrics_url, "overloaded") - before == refused
     # The backlog drains: a request sent after the burst is admitted.
     with httpx.Client(base_url=url, timeout=60) as http:
         assert http.post("/rerank", json=body).status_code == 200
